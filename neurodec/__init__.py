@@ -1,12 +1,17 @@
 """neurodec: decode EEG, MEG and fMRI recordings into what a person saw or heard.
 
-``import neurodec`` stays light: heavy libraries (torch, mne, diffusers, open_clip) are
-imported by the sub-packages that use them.
-"""
+``import neurodec`` stays light: heavy libraries (torch, mne, nibabel, diffusers,
+open_clip) are imported by the functions that use them.
 
-from neurodec.errors import NeurodecError
-from neurodec.store import StoreWriter, open_store
+>>> import neurodec
+>>> study = neurodec.open_store("demo.zarr")        # doctest: +SKIP
+>>> print(neurodec.info(study))                     # doctest: +SKIP
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["NeurodecError", "StoreWriter", "__version__", "open_store"]
+from neurodec.api import info, ingest, open_store, simulate  # noqa: E402
+from neurodec.errors import NeurodecError  # noqa: E402
+from neurodec.store import StoreWriter  # noqa: E402
+
+__all__ = ["NeurodecError", "StoreWriter", "__version__", "info", "ingest", "open_store", "simulate"]

@@ -16,6 +16,7 @@ from neurodec.store.records import (
     recording_key,
     stimulus_table,
 )
+from neurodec.store.summary import format_summary, summarize
 from neurodec.store.study import (
     FORMAT_VERSION,
     Recording,
@@ -42,4 +43,6 @@ __all__ = [
     "open_store",
     "recording_key",
     "stimulus_table",
+    "format_summary",
+    "summarize",
 ]

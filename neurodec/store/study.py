@@ -291,6 +291,9 @@ class Study:
         ids = _as_str(group["stimulus_id"][...])
         return ids, group["embedding"][...]
 
+    def target_shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._target_group(key)["embedding"].shape)
+
     def target_config(self, key: str) -> dict[str, Any]:
         return dict(self._target_group(key).attrs)
 
@@ -309,9 +312,20 @@ class Study:
             raise StoreError(f"{self.url} was opened read-only; open it with mode='r+' to add to it")
 
     def _fresh_path(self, prefix: str, key: str) -> str:
+        """A group path for new content that no listed entry uses.
+
+        A group left at the plain path by an interrupted write is not listed, so it is
+        simply written over; a listed one (being replaced) keeps serving readers until
+        the manifest points at the new path.
+        """
         base = f"{prefix}/{key.replace('/', '_')}"
         taken = {e["path"] for e in self._manifest["recordings"] + self._manifest["targets"]}
-        return base if base not in taken and base not in self._group else f"{base}~{uuid.uuid4().hex[:8]}"
+        return base if base not in taken else f"{base}~{uuid.uuid4().hex[:8]}"
+
+    def _remove_replaced(self, entries: list[dict[str, Any]], key: str) -> None:
+        for entry in entries:
+            if entry["key"] == key and entry["path"] in self._group:
+                del self._group[entry["path"]]
 
     def add_recording(self, recording: RecordingData, *, overwrite: bool = False) -> Recording:
         """Write one recording; it becomes part of the store only once fully written."""
@@ -323,9 +337,11 @@ class Study:
         self._check_events_known(recording)
         path = self._fresh_path("recordings", key)
         _write_recording_group(self._group, path, recording)
-        entries = [e for e in self._manifest["recordings"] if e["key"] != key]
+        previous = self._manifest["recordings"]
+        entries = [e for e in previous if e["key"] != key]
         entries.append({"key": key, "path": path, "subject": recording.subject})
         self._commit(recordings=entries)
+        self._remove_replaced(previous, key)
         return self.recording(key)
 
     def add_targets(
@@ -355,9 +371,11 @@ class Study:
         group = self._group.create_group(path, overwrite=True, attributes=attributes)
         _write_array(group, "stimulus_id", ids)
         _write_array(group, "embedding", embeddings.astype(np.float32, copy=False))
-        entries = [e for e in self._manifest["targets"] if e["key"] != key]
+        previous = self._manifest["targets"]
+        entries = [e for e in previous if e["key"] != key]
         entries.append({"key": key, "path": path, "config_hash": attributes["config_hash"]})
         self._commit(targets=entries)
+        self._remove_replaced(previous, key)
         return key
 
     def _check_events_known(self, recording: RecordingData) -> None:

@@ -1,0 +1,53 @@
+"""The public Python API: what a lab uses from a notebook, and what the CLI calls.
+
+>>> import neurodec
+>>> study, report = neurodec.simulate("demo.zarr", size="tiny")   # doctest: +SKIP
+>>> print(neurodec.info(study))                                    # doctest: +SKIP
+>>> study = neurodec.ingest(["sub-01_eeg.edf"], "my-study.zarr")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from neurodec.store import Study, format_summary, open_store, summarize
+
+__all__ = ["info", "ingest", "open_store", "simulate"]
+
+
+def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
+    """A readable summary of a store (``as_dict=True``: the same as JSON-ready values)."""
+    study = store if isinstance(store, Study) else open_store(store)
+    summary = summarize(study)
+    return summary if as_dict else format_summary(summary)
+
+
+def ingest(
+    sources: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    options: Any = None,
+    overwrite: bool = False,
+    append: bool = False,
+) -> Study:
+    """Convert native recordings (MNE formats, BIDS, NIfTI) into a study store.
+
+    See :func:`neurodec.io.ingest` for the options.
+    """
+    from neurodec.io import ingest as ingest_recordings
+
+    return ingest_recordings(
+        [Path(s) for s in sources], out, options=options, overwrite=overwrite, append=append
+    )
+
+
+def simulate(out: str | os.PathLike, **parameters: Any):
+    """Simulate the demo cohort into a store; returns ``(study, report)``.
+
+    See :func:`neurodec.simulate.simulate_cohort` for the parameters.
+    """
+    from neurodec.simulate import simulate_cohort
+
+    return simulate_cohort(out, **parameters)

@@ -1,0 +1,254 @@
+"""The ``neurodec`` command line: a thin layer over :mod:`neurodec.api`.
+
+``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
+Errors neurodec raises on purpose print one line (``neurodec: error: ...``) and exit 1;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from neurodec import __version__
+from neurodec.errors import NeurodecError
+
+logger = logging.getLogger("neurodec")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _command_info(args: argparse.Namespace) -> int:
+    from neurodec import api
+
+    if args.json:
+        print(json.dumps(api.info(args.store, as_dict=True), indent=2, default=str))
+    else:
+        print(api.info(args.store))
+    return 0
+
+
+def _command_datasets(args: argparse.Namespace) -> int:
+    from neurodec.catalog import dataset_card, dataset_cards
+
+    if args.name:
+        card = dataset_card(args.name)
+        print(json.dumps(card, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in card.items()))
+        return 0
+    cards = dataset_cards()
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    width = max(len(name) for name in cards)
+    for name, card in cards.items():
+        modality = "+".join(card["modality"])
+        recipe = card["recipe"] or "recipe planned"
+        print(f"{name:<{width}}  {modality:<14}  {recipe:<40}  {card['title']}")
+    return 0
+
+
+def _ingest_options(args: argparse.Namespace) -> dict:
+    """Command-line flags as ingestion options; flags override the ``--config`` file."""
+    from neurodec.io import load_options
+
+    options = load_options(args.config).model_dump(exclude_unset=True) if args.config else {}
+    for flag in ("subject", "session", "run", "task", "kind"):
+        if getattr(args, flag) is not None:
+            options[flag] = getattr(args, flag)
+    if args.stimuli is not None:
+        options["stimuli"] = str(args.stimuli)
+    if args.events_from is not None:
+        options.setdefault("events", {})["source"] = args.events_from
+    if args.epochs is not None:
+        options.setdefault("epochs", {}).update({"tmin": args.epochs[0], "tmax": args.epochs[1]})
+    if args.keep_personal:
+        options["keep_personal"] = True
+    return options
+
+
+def _command_ingest(args: argparse.Namespace) -> int:
+    from neurodec import api
+
+    started = time.perf_counter()
+    study = api.ingest(
+        args.sources, args.out, options=_ingest_options(args), overwrite=args.overwrite, append=args.append
+    )
+    print(f"wrote {study.url} in {time.perf_counter() - started:.1f} s")
+    print(api.info(study))
+    return 0
+
+
+def _simulate_parameters(args: argparse.Namespace) -> dict:
+    parameters = {"size": args.size, "seed": args.seed, "overwrite": args.overwrite}
+    if args.subjects is not None:
+        parameters["n_subjects"] = args.subjects
+    if args.modalities is not None:
+        parameters["modalities"] = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    return parameters
+
+
+def _command_simulate(args: argparse.Namespace) -> int:
+    from neurodec import api
+
+    started = time.perf_counter()
+    study, report = api.simulate(args.out, **_simulate_parameters(args))
+    print(f"simulated {study.url} in {time.perf_counter() - started:.1f} s")
+    print(report.format() if hasattr(report, "format") else report)
+    return 0
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default data: the simulated demo cohort."""
+    from neurodec import api
+    from neurodec.errors import StoreError
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store_path = out / "demo.zarr"
+    timings: list[tuple[str, float]] = []
+
+    started = time.perf_counter()
+    study = None
+    if store_path.exists() and not args.fresh:
+        try:
+            study = api.open_store(store_path)
+            print(f"[demo] reusing the demo cohort at {store_path} (pass --fresh to simulate it again)")
+        except StoreError as error:
+            print(f"[demo] the store at {store_path} is not usable ({error}); simulating it again")
+    if study is None:
+        print(f"[demo] simulating the demo cohort ({args.size}) into {store_path}")
+        study, report = api.simulate(store_path, size=args.size, seed=args.seed, overwrite=True)
+        print(report.format() if hasattr(report, "format") else report)
+    timings.append(("cohort", time.perf_counter() - started))
+
+    print()
+    for stage, seconds in timings:
+        print(f"[demo] {stage:<10} {seconds:7.1f} s")
+    print(f"[demo] store: {study.url}")
+    print(api.info(study))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neurodec",
+        description="Decode EEG, MEG and fMRI recordings into what a person saw or heard.",
+        formatter_class=_HelpFormatter,
+        epilog="Run 'neurodec COMMAND --help' for each command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"neurodec {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str, example: str):
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=f"example:\n  {example}", formatter_class=_HelpFormatter
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    info = command("info", _command_info, "Summarise a study store.", "neurodec info demo.zarr --json")
+    info.add_argument("store", help="store path or fsspec URL")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    datasets = command(
+        "datasets", _command_datasets, "List the public studies neurodec has cards for.", "neurodec datasets nsd"
+    )
+    datasets.add_argument("name", nargs="?", help="show one card in full")
+    datasets.add_argument("--json", action="store_true", help="print as JSON")
+
+    ingest = command(
+        "ingest",
+        _command_ingest,
+        "Convert native recordings (FIF, EDF/BDF, BrainVision, EEGLAB, KIT, CTF, BIDS, NIfTI) into a store.",
+        "neurodec ingest sub-01_eeg.vhdr --out study.zarr --stimuli stimuli.tsv --epochs -0.2 0.8",
+    )
+    ingest.add_argument("sources", nargs="+", type=Path, help="recording files, or a BIDS root folder")
+    ingest.add_argument("--out", required=True, help="store path or fsspec URL to write")
+    ingest.add_argument("--config", type=Path, help="YAML file of ingestion options (flags override it)")
+    ingest.add_argument("--subject", help="subject label (default: from BIDS entities, else 01)")
+    ingest.add_argument("--session", help="session label")
+    ingest.add_argument("--run", help="run label")
+    ingest.add_argument("--task", help="task label")
+    ingest.add_argument("--kind", help="stimulus kind for stimuli not in a table (image, audio, ...)")
+    ingest.add_argument("--stimuli", type=Path, help="TSV/CSV table mapping event values to stimulus ids")
+    ingest.add_argument(
+        "--events-from", choices=["auto", "annotations", "stim", "bids", "file"], help="where events come from"
+    )
+    ingest.add_argument("--epochs", nargs=2, type=float, metavar=("TMIN", "TMAX"), help="cut epochs (seconds)")
+    ingest.add_argument("--keep-personal", action="store_true", help="keep names, birthdays and measurement dates")
+    ingest.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    ingest.add_argument("--append", action="store_true", help="add the recordings to an existing store")
+
+    simulate = command(
+        "simulate",
+        _command_simulate,
+        "Simulate the demo cohort (EEG, MEG and fMRI responses to real images) into a store.",
+        "neurodec simulate --out demo.zarr --size tiny",
+    )
+    simulate.add_argument("--out", required=True, help="store path or fsspec URL to write")
+    simulate.add_argument("--size", choices=["default", "tiny"], default="default", help="cohort size")
+    simulate.add_argument("--subjects", type=int, help="number of subjects (default: the size's)")
+    simulate.add_argument("--modalities", help="comma-separated subset of eeg,meg,fmri")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed (same seed, same arrays)")
+    simulate.add_argument("--overwrite", action="store_true", help="replace an existing store")
+
+    demo = command(
+        "demo",
+        _command_demo,
+        "Run the main job on the embedded demo cohort (simulated, never downloaded).",
+        "neurodec demo --out .neurodec/demo",
+    )
+    demo.add_argument("--out", default=".neurodec/demo", help="folder for the demo store and its outputs")
+    demo.add_argument("--size", choices=["default", "tiny"], default="default", help="cohort size")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--fresh", action="store_true", help="simulate the cohort again even if it exists")
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    if not logger.handlers or all(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # argparse exits on --help and on usage errors
+        return int(exit_request.code or 0)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    _configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except NeurodecError as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split())
+        print(f"neurodec: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("neurodec: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The command line: summaries, one-line errors with non-zero exits, help with examples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from neurodec.catalog import dataset_cards
+from neurodec.cli import main
+from neurodec.errors import StoreNotFoundError
+from test_store import make_epoched, make_fmri, write_store
+
+
+def test_info_prints_the_summary_and_json(tmp_path, capsys):
+    write_store(tmp_path / "s.zarr", [make_epoched(n_trials=12), make_fmri(subject="02", n_voxels=5)])
+    assert main(["info", str(tmp_path / "s.zarr")]) == 0
+    text = capsys.readouterr().out
+    assert "format    neurodec-study 1.0" in text
+    assert "subjects  2: 01 (1 session, 1 run), 02 (1 session, 1 run)" in text
+    assert "stimuli   6 (6 image; test 2, train 4; 2 categories)" in text
+    row = next(line for line in text.splitlines() if line.startswith("sub-01/ses-01/run-01"))
+    assert row.split()[1:5] == ["eeg", "epoched", "12x3x20", "100"]
+    assert row.endswith("test 4, train 8")
+    assert "5 voxels" in text
+
+    assert main(["info", str(tmp_path / "s.zarr"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["recordings"][0]["channel_types"] == {"eeg": 3}
+    assert summary["recordings"][0]["tmax"] == pytest.approx(-0.05 + 19 / 100)
+    assert summary["stimuli"]["by_kind"] == {"image": 6}
+
+
+def test_errors_are_one_line_with_a_non_zero_exit(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "absent.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("neurodec: error: no study store at")
+    with pytest.raises(StoreNotFoundError):
+        main(["--debug", "info", str(tmp_path / "absent.zarr")])
+    assert main(["info"]) == 2  # usage error from argparse
+    assert main([]) == 2
+
+
+def test_every_command_has_help_with_an_example(capsys):
+    for command in ("info", "ingest", "simulate", "demo", "datasets"):
+        assert main([command, "--help"]) == 0
+        assert "example:\n  neurodec " + command in capsys.readouterr().out
+
+
+def test_console_script_runs_as_a_module(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "neurodec", "info", str(tmp_path / "absent.zarr")], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("neurodec: error: no study store")
+    assert "Traceback" not in result.stderr
+
+
+def test_dataset_cards_are_complete():
+    cards = dataset_cards()
+    assert {"things-eeg2", "nsd", "meg-masc", "things-meg", "demo"} <= set(cards)
+    assert cards["things-eeg2"]["default_epoching"]["tmax"] == 1.0
+    assert cards["demo"]["recipe"] == "neurodec.simulate.simulate_cohort"
+
+
+def test_import_neurodec_stays_light():
+    code = "import sys, neurodec; print(sorted(m for m in ('torch', 'mne', 'nibabel', 'diffusers', 'open_clip', 'sklearn') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
