@@ -57,23 +57,38 @@ def _command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest_options(args: argparse.Namespace) -> dict:
-    """Command-line flags as ingestion options; flags override the ``--config`` file."""
-    from neurodec.io import load_options
+def _dotted_overrides(pairs: list[str]) -> dict:
+    """``--set preprocessing.resample=100`` pairs as a dict; values are parsed as YAML scalars."""
+    import yaml
 
-    options = load_options(args.config).model_dump(exclude_unset=True) if args.config else {}
-    for flag in ("subject", "session", "run", "task", "kind"):
-        if getattr(args, flag) is not None:
-            options[flag] = getattr(args, flag)
-    if args.stimuli is not None:
-        options["stimuli"] = str(args.stimuli)
-    if args.events_from is not None:
-        options.setdefault("events", {})["source"] = args.events_from
-    if args.epochs is not None:
-        options.setdefault("epochs", {}).update({"tmin": args.epochs[0], "tmax": args.epochs[1]})
-    if args.keep_personal:
-        options["keep_personal"] = True
-    return options
+    from neurodec.errors import ConfigError
+
+    overrides = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. preprocessing.resample=100), found {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _ingest_options(args: argparse.Namespace):
+    """Command-line flags laid over the ``--config`` file's ingestion options."""
+    from neurodec.io import options_from_flags
+
+    return options_from_flags(
+        args.config,
+        subject=args.subject,
+        session=args.session,
+        run=args.run,
+        task=args.task,
+        stimuli=args.stimuli,
+        events_from=args.events_from,
+        events_file=args.events_file,
+        epochs=tuple(args.epochs) if args.epochs else None,
+        keep_personal=True if args.keep_personal else None,
+        overrides=_dotted_overrides(args.set),
+    )
 
 
 def _command_ingest(args: argparse.Namespace) -> int:
@@ -181,13 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--session", help="session label")
     ingest.add_argument("--run", help="run label")
     ingest.add_argument("--task", help="task label")
-    ingest.add_argument("--kind", help="stimulus kind for stimuli not in a table (image, audio, ...)")
     ingest.add_argument("--stimuli", type=Path, help="TSV/CSV table mapping event values to stimulus ids")
     ingest.add_argument(
         "--events-from", choices=["auto", "annotations", "stim", "bids", "file"], help="where events come from"
     )
+    ingest.add_argument("--events-file", type=Path, help="events file (-eve.fif, .npy, .tsv) for --events-from file")
     ingest.add_argument("--epochs", nargs=2, type=float, metavar=("TMIN", "TMAX"), help="cut epochs (seconds)")
     ingest.add_argument("--keep-personal", action="store_true", help="keep names, birthdays and measurement dates")
+    ingest.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any option by dotted key, repeatable"
+    )
     ingest.add_argument("--overwrite", action="store_true", help="replace an existing store")
     ingest.add_argument("--append", action="store_true", help="add the recordings to an existing store")
 

@@ -69,3 +69,29 @@ def test_import_neurodec_stays_light():
     code = "import sys, neurodec; print(sorted(m for m in ('torch', 'mne', 'nibabel', 'diffusers', 'open_clip', 'sklearn') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_ingest_command_matches_mne_and_rejects_a_truncated_edf(real_data, tmp_path, capsys):
+    import mne
+    import numpy as np
+
+    from neurodec.store import open_store
+
+    source = real_data / "brainvision" / "testbva.vhdr"
+    out = tmp_path / "bva.zarr"
+    assert main(["ingest", str(source), "--out", str(out), "--subject", "07", "--set", "preprocessing.resample=100"]) == 0
+    assert "sub-07/ses-01/run-01" in capsys.readouterr().out
+    stored = open_store(out).recording(subject="07")
+    expected = mne.io.read_raw(source, preload=True, verbose="error").resample(100, verbose="error").get_data()
+    np.testing.assert_allclose(stored.data[...], expected.astype(np.float32), rtol=1e-6, atol=0)
+    assert stored.preprocessing[-1]["step"] == "resample"
+
+    truncated = tmp_path / "truncated.edf"
+    truncated.write_bytes((real_data / "edf" / "test_reduced.edf").read_bytes()[:100_000])
+    assert main(["ingest", str(truncated), "--out", str(tmp_path / "t.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated.edf" in err and "truncated EDF" in err
+    assert not (tmp_path / "t.zarr").exists()
+
+    assert main(["ingest", str(source), "--out", str(out), "--set", "preprocessing.no_such_step=1"]) == 1
+    assert "no_such_step" in capsys.readouterr().err

@@ -49,15 +49,18 @@ def stimulus_table(
             return [values] * n
         return list(values)
 
+    def strings(values) -> np.ndarray:
+        return np.asarray([str(v) for v in values], dtype=str)
+
     table = Table(
         {
-            "id": [str(i) for i in ids],
-            "kind": column(kind, "image"),
-            "category": [str(c) for c in column(category, "")],
-            "split": [str(s) for s in column(split, "")],
-            "uri": [str(u) for u in column(uri, "")],
-            "metadata": [json.dumps(dict(m), sort_keys=True) for m in column(metadata, {})],
-            "content_array": [str(a) for a in column(content_array, "")],
+            "id": strings(ids),
+            "kind": strings(column(kind, "image")),
+            "category": strings(column(category, "")),
+            "split": strings(column(split, "")),
+            "uri": strings(column(uri, "")),
+            "metadata": strings(json.dumps(dict(m), sort_keys=True) for m in column(metadata, {})),
+            "content_array": strings(column(content_array, "")),
             "content_index": np.asarray(column(content_index, -1), dtype=np.int64),
         }
     )
@@ -111,9 +114,9 @@ def event_table(
             "sample": np.asarray(sample if sample is not None else [-1] * n, dtype=np.int64),
             "onset": np.asarray(onset if onset is not None else [math.nan] * n, dtype=np.float64),
             "duration": np.asarray(duration if duration is not None else [0.0] * n, dtype=np.float64),
-            "stimulus_id": ids,
+            "stimulus_id": np.asarray(ids, dtype=str),
             "repetition": np.asarray(repetition, dtype=np.int64),
-            "value": [str(v) for v in (value if value is not None else [""] * n)],
+            "value": np.asarray([str(v) for v in (value if value is not None else [""] * n)], dtype=str),
         }
     )
 
