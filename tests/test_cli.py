@@ -95,3 +95,15 @@ def test_ingest_command_matches_mne_and_rejects_a_truncated_edf(real_data, tmp_p
 
     assert main(["ingest", str(source), "--out", str(out), "--set", "preprocessing.no_such_step=1"]) == 1
     assert "no_such_step" in capsys.readouterr().err
+
+
+def test_shipped_ingestion_configs_are_valid():
+    from pathlib import Path
+
+    from neurodec.io import load_options
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "ingest"
+    loaded = {path.stem: load_options(path) for path in sorted(folder.glob("*.yaml"))}
+    assert loaded["eeg-epochs"].epochs.tmin == -0.2 and loaded["eeg-epochs"].preprocessing.resample == 250
+    assert loaded["fmri-glm"].fmri.method == "glm"
+    assert loaded["meg-continuous"].preprocessing.clamp == 20
