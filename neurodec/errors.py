@@ -74,3 +74,7 @@ class RegistryError(NeurodecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class MetricInputError(NeurodecError, ValueError):
+    """Inputs to a metric disagree (shapes, lengths) or a protocol cannot run on them."""
