@@ -117,8 +117,8 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     study, report = api.simulate(args.out, **_simulate_parameters(args))
-    print(f"simulated {study.url} in {time.perf_counter() - started:.1f} s")
-    print(report.format() if hasattr(report, "format") else report)
+    print(report.format())
+    print(f"wrote {study.url} in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -143,7 +143,7 @@ def _command_demo(args: argparse.Namespace) -> int:
     if study is None:
         print(f"[demo] simulating the demo cohort ({args.size}) into {store_path}")
         study, report = api.simulate(store_path, size=args.size, seed=args.seed, overwrite=True)
-        print(report.format() if hasattr(report, "format") else report)
+        print(report.format())
     timings.append(("cohort", time.perf_counter() - started))
 
     print()

@@ -107,3 +107,21 @@ def test_shipped_ingestion_configs_are_valid():
     assert loaded["eeg-epochs"].epochs.tmin == -0.2 and loaded["eeg-epochs"].preprocessing.resample == 250
     assert loaded["fmri-glm"].fmri.method == "glm"
     assert loaded["meg-continuous"].preprocessing.clamp == 20
+
+
+def test_demo_simulates_once_then_reuses_the_cohort(tmp_path, capsys):
+    from neurodec.store import open_store
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "tiny"]) == 0
+    first = capsys.readouterr().out
+    store = out / "demo.zarr"
+    assert f"[demo] store: {store}" in first
+    assert "mean eeg" in first  # the simulator's noise-ceiling table
+    study = open_store(store)
+    assert sorted({r.modality for r in study.recordings()}) == ["eeg", "fmri", "meg"]
+    assert f"subjects  {len(study.subjects)}:" in first
+
+    assert main(["demo", "--out", str(out), "--size", "tiny"]) == 0
+    second = capsys.readouterr().out
+    assert "reusing the demo cohort" in second and "mean eeg" not in second
