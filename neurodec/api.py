@@ -1,7 +1,7 @@
 """The public Python API: what a lab uses from a notebook, and what the CLI calls.
 
 >>> import neurodec
->>> study, report = neurodec.simulate("demo.zarr", size="tiny")   # doctest: +SKIP
+>>> study, report = neurodec.simulate_cohort("demo.zarr", size="tiny")   # doctest: +SKIP
 >>> print(neurodec.info(study))                                    # doctest: +SKIP
 >>> study = neurodec.ingest(["sub-01_eeg.edf"], "my-study.zarr")    # doctest: +SKIP
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from neurodec.store import Study, format_summary, open_store, summarize
 
-__all__ = ["info", "ingest", "open_store", "simulate"]
+__all__ = ["info", "ingest", "open_store", "simulate_cohort"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -43,11 +43,11 @@ def ingest(
     )
 
 
-def simulate(out: str | os.PathLike, **parameters: Any):
+def simulate_cohort(out: str | os.PathLike, **parameters: Any):
     """Simulate the demo cohort into a store; returns ``(study, report)``.
 
     See :func:`neurodec.simulate.simulate_cohort` for the parameters.
     """
-    from neurodec.simulate import simulate_cohort
+    from neurodec.simulate import simulate_cohort as simulate
 
-    return simulate_cohort(out, **parameters)
+    return simulate(out, **parameters)

@@ -116,7 +116,7 @@ def _command_simulate(args: argparse.Namespace) -> int:
     from neurodec import api
 
     started = time.perf_counter()
-    study, report = api.simulate(args.out, **_simulate_parameters(args))
+    study, report = api.simulate_cohort(args.out, **_simulate_parameters(args))
     print(report.format())
     print(f"wrote {study.url} in {time.perf_counter() - started:.1f} s")
     return 0
@@ -142,7 +142,7 @@ def _command_demo(args: argparse.Namespace) -> int:
             print(f"[demo] the store at {store_path} is not usable ({error}); simulating it again")
     if study is None:
         print(f"[demo] simulating the demo cohort ({args.size}) into {store_path}")
-        study, report = api.simulate(store_path, size=args.size, seed=args.seed, overwrite=True)
+        study, report = api.simulate_cohort(store_path, size=args.size, seed=args.seed, overwrite=True)
         print(report.format())
     timings.append(("cohort", time.perf_counter() - started))
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 1. The demo cohort: EEG, MEG and fMRI responses to real images, as a study store.
     store_path = args.out / f"demo-{args.size}.zarr"
-    study = neurodec.open_store(store_path) if store_path.exists() else neurodec.simulate(store_path, size=args.size)[0]
+    study = neurodec.open_store(store_path) if store_path.exists() else neurodec.simulate_cohort(store_path, size=args.size)[0]
     print(neurodec.info(study))
 
     # 2. Split by stimulus: test images never appear in training; validation comes from training.

@@ -125,3 +125,11 @@ def test_demo_simulates_once_then_reuses_the_cohort(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--size", "tiny"]) == 0
     second = capsys.readouterr().out
     assert "reusing the demo cohort" in second and "mean eeg" not in second
+
+
+def test_api_functions_survive_importing_the_subpackages():
+    import neurodec
+    import neurodec.io
+    import neurodec.simulate  # noqa: F401  (importing a sub-package must not shadow an API function)
+
+    assert callable(neurodec.simulate_cohort) and callable(neurodec.ingest) and callable(neurodec.info)
