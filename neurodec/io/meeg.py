@@ -177,7 +177,14 @@ def _data_features(ch_types: list[str]) -> np.ndarray:
     return np.asarray([t in preprocess.DATA_CHANNEL_TYPES for t in ch_types], dtype=bool)
 
 
-def _labels(options: IngestOptions, subject, session, run, task) -> dict[str, str]:
+def recording_labels(options: IngestOptions, subject, session, run, task) -> dict[str, str]:
+    """The subject, session, run and task of a recording: the argument given, else the
+    option, else the default. Shared by every ``recording_from_*`` (NIfTI too), so all
+    modalities label a recording the same way.
+
+    >>> recording_labels(load_options({"subject": "07"}), None, None, "02", None)
+    {'subject': '07', 'session': '01', 'run': '02', 'task': ''}
+    """
     return {
         "subject": subject or options.subject or "01",
         "session": session or options.session or "01",
@@ -186,7 +193,8 @@ def _labels(options: IngestOptions, subject, session, run, task) -> dict[str, st
     }
 
 
-def _converter(name: str, options: IngestOptions) -> dict[str, Any]:
+def converter_record(name: str, options: IngestOptions) -> dict[str, Any]:
+    """The ``converter`` field of a recording: the function that built it and its options."""
     return {"name": f"neurodec.io.{name}", "parameters": options.model_dump(mode="json")}
 
 
@@ -232,6 +240,51 @@ def raw_events(raw, options: IngestOptions, where: str) -> EventList:
     raise ConfigError(f"{where}: events.source 'bids' needs a BIDS recording (a BIDS folder as the source)")
 
 
+def _recording_data(
+    *, name: str, inst, data: np.ndarray, layout: str, events: EventList, stimulus_ids: np.ndarray,
+    options: IngestOptions, labels: dict[str, str], source: dict[str, Any], steps: list[dict[str, Any]],
+    personal: dict[str, Any], original_sfreq: float, sample: np.ndarray | None = None, first_samp: int = 0,
+    info_extra: dict[str, Any] | None = None,
+) -> RecordingData:
+    """The store recording of a processed MNE object (Raw, Epochs or the first of several Evoked).
+
+    ``data`` is ``inst``'s data (channels first for ``layout="continuous"``, trials x channels x
+    times for ``"epoched"``); it is robust-scaled and clamped here, so every ``recording_from_*``
+    records that step, its units and its metadata the same way. ``sample`` is the events'
+    onset sample in ``data`` (continuous layout only); ``first_samp`` the source's first sample.
+    """
+    ch_types = inst.get_channel_types()
+    features = _data_features(ch_types)
+    channel_axis = 0 if layout == "continuous" else 1
+    data = preprocess.scale_and_clamp(data, channel_axis, features, inst.ch_names, options, steps)
+    # Scaled data channels are no longer in volts or teslas.
+    units = ["a.u." if scaled and options.preprocessing.robust_scale else unit
+             for scaled, unit in zip(features, channel_units(inst.info))]
+    return RecordingData(
+        subject=labels["subject"],
+        session=labels["session"],
+        run=labels["run"],
+        task=labels["task"],
+        modality=options.modality or _modality(ch_types),
+        layout=layout,
+        data=np.asarray(data, dtype=np.float32),
+        events=event_rows(events, stimulus_ids, sample=sample),
+        sfreq=float(inst.info["sfreq"]),
+        # A continuous recording starts at its first kept sample; trials at their window's start.
+        tmin=0.0 if layout == "continuous" else float(inst.tmin),
+        ch_names=list(inst.ch_names),
+        ch_types=list(ch_types),
+        units=units,
+        sensor_positions=sensor_positions(inst.info),
+        bads=list(inst.info["bads"]),
+        preprocessing=steps,
+        source=source,
+        converter=converter_record(name, options),
+        info=_info_record(inst, original_sfreq=original_sfreq, first_samp=first_samp, personal=personal,
+                          extra=info_extra),
+    )
+
+
 def recording_from_raw(
     raw,
     *,
@@ -262,7 +315,7 @@ def recording_from_raw(
 
     options = load_options(options)
     mapping = mapping or StimulusMapping.from_options(options)
-    labels = _labels(options, subject, session, run, task)
+    labels = recording_labels(options, subject, session, run, task)
     source = _source_of(raw, source)
     where = _where(source, labels)
     raw = raw.copy() if copy else raw
@@ -296,7 +349,6 @@ def recording_from_raw(
     if settings.bandpass is not None:
         preprocess.bandpass(raw, settings.bandpass.l_freq, settings.bandpass.h_freq, settings.bandpass.method, steps)
 
-    ch_types = raw.get_channel_types()
     if options.epochs is not None:
         if len(events) == 0:
             raise EventError(f"{where}: epochs were asked for, but the recording has no events ({events.origin})")
@@ -331,7 +383,7 @@ def recording_from_raw(
         if settings.resample is not None:
             preprocess.resample(epochs, settings.resample, steps)
         data = epochs.get_data()
-        inst, layout, sample, tmin = epochs, "epoched", None, float(epochs.tmin)
+        inst, layout, sample = epochs, "epoched", None
     else:
         if settings.resample is not None:
             mne_events = np.c_[current + raw.first_samp, np.zeros((len(current), 2), dtype=np.int64)]
@@ -339,34 +391,12 @@ def recording_from_raw(
             if len(current):
                 current = resampled[:, 0] - raw.first_samp
         data = raw.get_data()
-        inst, layout, sample, tmin = raw, "continuous", current, 0.0
+        inst, layout, sample = raw, "continuous", current
 
-    channel_axis = 0 if layout == "continuous" else 1
-    features = _data_features(ch_types)
-    data = preprocess.scale_and_clamp(data, channel_axis, features, raw.ch_names, options, steps)
-    units = ["a.u." if scaled and options.preprocessing.robust_scale else unit
-             for scaled, unit in zip(features, channel_units(inst.info))]
-    return RecordingData(
-        subject=labels["subject"],
-        session=labels["session"],
-        run=labels["run"],
-        task=labels["task"],
-        modality=options.modality or _modality(ch_types),
-        layout=layout,
-        data=np.asarray(data, dtype=np.float32),
-        events=event_rows(events, stimulus_ids, sample=sample),
-        sfreq=float(inst.info["sfreq"]),
-        tmin=tmin,
-        ch_names=list(inst.ch_names),
-        ch_types=list(ch_types),
-        units=units,
-        sensor_positions=sensor_positions(inst.info),
-        bads=list(inst.info["bads"]),
-        preprocessing=steps,
-        source=source,
-        converter=_converter("recording_from_raw", options),
-        info=_info_record(inst, original_sfreq=original_sfreq, first_samp=first_samp, personal=personal,
-                          extra=info_extra),
+    return _recording_data(
+        name="recording_from_raw", inst=inst, data=data, layout=layout, events=events, stimulus_ids=stimulus_ids,
+        sample=sample, options=options, labels=labels, source=source, steps=steps, personal=personal,
+        original_sfreq=original_sfreq, first_samp=first_samp, info_extra=info_extra,
     )
 
 
@@ -396,39 +426,6 @@ def _trial_preprocessing(inst, options: IngestOptions, steps: list[dict[str, Any
         preprocess.resample(inst, settings.resample, steps)
 
 
-def _trials_recording(
-    *, name: str, inst, data: np.ndarray, events: EventList, stimulus_ids: np.ndarray, options: IngestOptions,
-    labels: dict[str, str], source: dict[str, Any], steps: list[dict[str, Any]], personal: dict[str, Any],
-    original_sfreq: float, info_extra: dict[str, Any],
-) -> RecordingData:
-    ch_types = inst.get_channel_types()
-    features = _data_features(ch_types)
-    data = preprocess.scale_and_clamp(data, 1, features, inst.ch_names, options, steps)
-    units = ["a.u." if scaled and options.preprocessing.robust_scale else unit
-             for scaled, unit in zip(features, channel_units(inst.info))]
-    return RecordingData(
-        subject=labels["subject"],
-        session=labels["session"],
-        run=labels["run"],
-        task=labels["task"],
-        modality=options.modality or _modality(ch_types),
-        layout="epoched",
-        data=np.asarray(data, dtype=np.float32),
-        events=event_rows(events, stimulus_ids),
-        sfreq=float(inst.info["sfreq"]),
-        tmin=float(inst.tmin),
-        ch_names=list(inst.ch_names),
-        ch_types=list(ch_types),
-        units=units,
-        sensor_positions=sensor_positions(inst.info),
-        bads=list(inst.info["bads"]),
-        preprocessing=steps,
-        source=source,
-        converter=_converter(name, options),
-        info=_info_record(inst, original_sfreq=original_sfreq, first_samp=0, personal=personal, extra=info_extra),
-    )
-
-
 def recording_from_epochs(
     epochs,
     *,
@@ -450,7 +447,7 @@ def recording_from_epochs(
     """
     options = load_options(options)
     mapping = mapping or StimulusMapping.from_options(options)
-    labels = _labels(options, subject, session, run, task)
+    labels = recording_labels(options, subject, session, run, task)
     source = _source_of(epochs, source)
     where = _where(source, labels)
     epochs = epochs.copy().load_data()
@@ -478,10 +475,10 @@ def recording_from_epochs(
     personal = _anonymise(epochs, options.keep_personal)
     steps: list[dict[str, Any]] = []
     _trial_preprocessing(epochs, options, steps)
-    return _trials_recording(
-        name="recording_from_epochs", inst=epochs, data=epochs.get_data(), events=events, stimulus_ids=stimulus_ids,
-        options=options, labels=labels, source=source, steps=steps, personal=personal,
-        original_sfreq=original_sfreq, info_extra=info_extra or {},
+    return _recording_data(
+        name="recording_from_epochs", inst=epochs, data=epochs.get_data(), layout="epoched", events=events,
+        stimulus_ids=stimulus_ids, options=options, labels=labels, source=source, steps=steps, personal=personal,
+        original_sfreq=original_sfreq, info_extra=info_extra,
     )
 
 
@@ -507,7 +504,7 @@ def recording_from_evoked(
     """
     options = load_options(options)
     mapping = mapping or StimulusMapping.from_options(options)
-    labels = _labels(options, subject, session, run, task)
+    labels = recording_labels(options, subject, session, run, task)
     evokeds = [e.copy() for e in (evokeds if isinstance(evokeds, (list, tuple)) else [evokeds])]
     if not evokeds:
         raise InvalidDataError("recording_from_evoked: no evoked responses given")
@@ -548,8 +545,8 @@ def recording_from_evoked(
         **(info_extra or {}),
     }
     data = np.stack([e.data for e in evokeds])
-    return _trials_recording(
-        name="recording_from_evoked", inst=evokeds[0], data=data, events=events, stimulus_ids=stimulus_ids,
-        options=options, labels=labels, source=source, steps=steps, personal=personal,
+    return _recording_data(
+        name="recording_from_evoked", inst=evokeds[0], data=data, layout="epoched", events=events,
+        stimulus_ids=stimulus_ids, options=options, labels=labels, source=source, steps=steps, personal=personal,
         original_sfreq=original_sfreq, info_extra=extra,
     )

@@ -27,6 +27,7 @@ from neurodec.errors import ConfigError, EventError, InputFileError, InvalidData
 from neurodec.io import preprocess
 from neurodec.io._files import describe_source, read_with
 from neurodec.io.events import EventList, StimulusMapping, event_rows, read_events_file
+from neurodec.io.meeg import converter_record, recording_labels
 from neurodec.io.options import IngestOptions, load_options
 from neurodec.store import RecordingData
 
@@ -293,10 +294,7 @@ def recording_from_nifti(
         source = describe_source(path, "nifti", [Path(p) for p in extra]) if path is not None else {
             "file": "", "sha256": "", "format": "in-memory nibabel image"}
     return RecordingData(
-        subject=subject or options.subject or "01",
-        session=session or options.session or "01",
-        run=run or options.run or "01",
-        task=task if task is not None else (options.task or ""),
+        **recording_labels(options, subject, session, run, task),
         modality="fmri",
         layout="fmri",
         data=np.asarray(trials, dtype=np.float32),
@@ -304,7 +302,7 @@ def recording_from_nifti(
         sfreq=sfreq,
         preprocessing=steps,
         source=source,
-        converter={"name": f"neurodec.io.recording_from_nifti ({method})", "parameters": options.model_dump(mode="json")},
+        converter=converter_record(f"recording_from_nifti ({method})", options),
         info=info,
         mask=mask_values,
         affine=np.asarray(image.affine, dtype=np.float64),

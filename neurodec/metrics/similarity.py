@@ -182,6 +182,20 @@ def resolve_device(device, *arrays) -> torch.device:
     return torch.device("cpu")
 
 
+def _checked_pair(queries, candidates, similarity: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and candidates as float32 matrices on one device, checked as every search needs.
+
+    The similarity name, the feature counts and a non-empty candidate set are checked here,
+    so every entry point (top-k, ranks, full matrix) rejects bad input with the same message.
+    """
+    check_similarity(similarity)
+    device = resolve_device(device, queries, candidates)
+    queries = as_embedding_matrix(queries, "queries", device)
+    candidates = as_embedding_matrix(candidates, "candidates", device)
+    _check_pair(queries, candidates)
+    return queries, candidates
+
+
 def topk_chunked(
     queries,
     candidates,
@@ -221,11 +235,7 @@ def topk_chunked(
     >>> topk_chunked(queries, candidates, k=2, chunk_size=1).indices.tolist()
     [[0, 1], [1, 0]]
     """
-    check_similarity(similarity)
-    device = resolve_device(device, queries, candidates)
-    queries = as_embedding_matrix(queries, "queries", device)
-    candidates = as_embedding_matrix(candidates, "candidates", device)
-    _check_pair(queries, candidates)
+    queries, candidates = _checked_pair(queries, candidates, similarity, device)
     n_queries, n_candidates = queries.shape[0], candidates.shape[0]
     if not 1 <= k <= n_candidates:
         raise MetricInputError(f"k: expected 1 <= k <= n_candidates = {n_candidates}, found {k}")
@@ -405,11 +415,7 @@ def rank_of_true(
     >>> rank_of_true(similar[:1], similar, true_index=[1], candidate_labels=["a", "a", "b"]).tolist()
     [1]
     """
-    check_similarity(similarity)
-    device = resolve_device(device, queries, candidates)
-    queries = as_embedding_matrix(queries, "queries", device)
-    candidates = as_embedding_matrix(candidates, "candidates", device)
-    _check_pair(queries, candidates)
+    queries, candidates = _checked_pair(queries, candidates, similarity, device)
     true_index = _as_index_array(true_index, "true_index", queries.shape[0], candidates.shape[0])
     query_labels = codes = None
     if candidate_labels is not None:
@@ -436,10 +442,6 @@ def similarity_matrix(queries, candidates, *, similarity: str = "cosine", device
     >>> similarity_matrix(np.eye(2), np.eye(2)).tolist()
     [[1.0, 0.0], [0.0, 1.0]]
     """
-    check_similarity(similarity)
-    device = resolve_device(device, queries, candidates)
-    queries = as_embedding_matrix(queries, "queries", device)
-    candidates = as_embedding_matrix(candidates, "candidates", device)
-    _check_pair(queries, candidates)
+    queries, candidates = _checked_pair(queries, candidates, similarity, device)
     blocks = _ScoreBlocks(candidates, similarity, candidates.shape[0])
     return blocks.scores(blocks.prepare(queries), 0, candidates.shape[0])
