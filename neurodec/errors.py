@@ -78,3 +78,15 @@ class RegistryError(NeurodecError, KeyError):
 
 class MetricInputError(NeurodecError, ValueError):
     """Inputs to a metric disagree (shapes, lengths) or a protocol cannot run on them."""
+
+
+class ReportInputError(NeurodecError, ValueError):
+    """A results dict handed to the report writer does not follow the documented schema."""
+
+
+class TargetError(NeurodecError):
+    """Stimulus embeddings (targets) cannot be computed: missing inputs, bad shapes."""
+
+
+class WeightsNotFoundError(TargetError, FileNotFoundError):
+    """A model's weight file is not on this machine (weights are never downloaded at run time)."""
