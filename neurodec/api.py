@@ -14,7 +14,7 @@ from typing import Any
 
 from neurodec.store import Study, format_summary, open_store, summarize
 
-__all__ = ["info", "ingest", "open_store", "simulate_cohort"]
+__all__ = ["embed", "info", "ingest", "open_store", "simulate_cohort"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -51,3 +51,21 @@ def simulate_cohort(out: str | os.PathLike, **parameters: Any):
     from neurodec.simulate import simulate_cohort as simulate
 
     return simulate(out, **parameters)
+
+
+def embed(
+    store: Study | str | os.PathLike,
+    extractor: str,
+    config: dict[str, Any] | None = None,
+    **options: Any,
+) -> str:
+    """Embed the store's stimuli with a target extractor and cache them in the store.
+
+    Returns the targets' key; computed only when no targets with the same config exist.
+    See :func:`neurodec.targets.embed_stimuli` for the options.
+
+    >>> key = neurodec.embed("demo.zarr", "image_pretrained_cnn")   # doctest: +SKIP
+    """
+    from neurodec.targets import embed_stimuli
+
+    return embed_stimuli(store, extractor, config, **options)

@@ -103,6 +103,25 @@ def _command_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_embed(args: argparse.Namespace) -> int:
+    from neurodec import api
+
+    started = time.perf_counter()
+    key = api.embed(
+        args.store,
+        args.extractor,
+        _dotted_overrides(args.set),
+        key=args.key,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        device=args.device,
+    )
+    study = api.open_store(args.store)
+    shape = "x".join(map(str, study.target_shape(key)))
+    print(f"targets {key} ({shape}) in {study.url}, {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _simulate_parameters(args: argparse.Namespace) -> dict:
     parameters = {"size": args.size, "seed": args.seed, "overwrite": args.overwrite}
     if args.subjects is not None:
@@ -208,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--overwrite", action="store_true", help="replace an existing store")
     ingest.add_argument("--append", action="store_true", help="add the recordings to an existing store")
+
+    embed = command(
+        "embed",
+        _command_embed,
+        "Embed the store's stimuli with a target extractor (cached in the store by config).",
+        "neurodec embed demo.zarr --extractor open_clip --set model=ViT-B-32 --set pretrained=laion2b_s34b_b79k",
+    )
+    embed.add_argument("store", help="store path or fsspec URL")
+    embed.add_argument(
+        "--extractor", required=True, help="image_pretrained_cnn, open_clip, wav2vec2, mel or precomputed"
+    )
+    embed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extractor config, repeatable")
+    embed.add_argument("--key", help="name for the targets (default: extractor and config hash)")
+    embed.add_argument("--batch-size", type=int, default=32, help="stimuli per batch")
+    embed.add_argument("--device", default="cpu", help="torch device")
+    embed.add_argument("--overwrite", action="store_true", help="recompute even if cached")
 
     simulate = command(
         "simulate",

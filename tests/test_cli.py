@@ -44,7 +44,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(tmp_path, capsys):
 
 
 def test_every_command_has_help_with_an_example(capsys):
-    for command in ("info", "ingest", "simulate", "demo", "datasets"):
+    for command in ("info", "ingest", "embed", "simulate", "demo", "datasets"):
         assert main([command, "--help"]) == 0
         assert "example:\n  neurodec " + command in capsys.readouterr().out
 
@@ -133,3 +133,23 @@ def test_api_functions_survive_importing_the_subpackages():
     import neurodec.simulate  # noqa: F401  (importing a sub-package must not shadow an API function)
 
     assert callable(neurodec.simulate_cohort) and callable(neurodec.ingest) and callable(neurodec.info)
+
+
+def test_embed_command_caches_targets_by_config(tmp_path, capsys):
+    import numpy as np
+
+    from neurodec.store import open_store
+
+    write_store(tmp_path / "s.zarr")
+    ids = [f"img-{i:02d}" for i in range(6)]
+    embeddings = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)
+    np.savez(tmp_path / "emb.npz", ids=np.array(ids), embeddings=embeddings)
+    arguments = ["embed", str(tmp_path / "s.zarr"), "--extractor", "precomputed", "--set", f"path={tmp_path / 'emb.npz'}"]
+    assert main(arguments + ["--key", "toy"]) == 0
+    assert "targets toy (6x4)" in capsys.readouterr().out
+    stored_ids, stored = open_store(tmp_path / "s.zarr").targets("toy")
+    assert stored_ids.tolist() == ids
+    np.testing.assert_array_equal(stored, embeddings)
+
+    assert main(["embed", str(tmp_path / "s.zarr"), "--extractor", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
