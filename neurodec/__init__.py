@@ -10,8 +10,8 @@ open_clip) are imported by the functions that use them.
 
 __version__ = "0.1.0"
 
-from neurodec.api import embed, info, ingest, open_store, simulate_cohort  # noqa: E402
+from neurodec.api import embed, info, ingest, open_store, simulate_cohort, train  # noqa: E402
 from neurodec.errors import NeurodecError  # noqa: E402
 from neurodec.store import StoreWriter  # noqa: E402
 
-__all__ = ["NeurodecError", "StoreWriter", "__version__", "embed", "info", "ingest", "open_store", "simulate_cohort"]
+__all__ = ["NeurodecError", "StoreWriter", "__version__", "embed", "info", "ingest", "open_store", "simulate_cohort", "train"]

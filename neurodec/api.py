@@ -14,7 +14,7 @@ from typing import Any
 
 from neurodec.store import Study, format_summary, open_store, summarize
 
-__all__ = ["embed", "info", "ingest", "open_store", "simulate_cohort"]
+__all__ = ["embed", "info", "ingest", "open_store", "simulate_cohort", "train"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -69,3 +69,18 @@ def embed(
     from neurodec.targets import embed_stimuli
 
     return embed_stimuli(store, extractor, config, **options)
+
+
+def train(config: Any, *, overrides: list[str] | tuple[str, ...] = (), run_dir: str | os.PathLike | None = None,
+          resume: bool = True):
+    """Train a brain encoder from an experiment config (a YAML path, dict or config object).
+
+    Returns the :class:`~neurodec.training.Run` (run folder, best checkpoint, history, metrics).
+    Re-running the same config resumes an interrupted run exactly.
+
+    >>> run = neurodec.train("configs/demo/eeg.yaml", overrides=["train.epochs=5"])  # doctest: +SKIP
+    >>> encoder = run.load_encoder("best")                                          # doctest: +SKIP
+    """
+    from neurodec.training import train as train_encoder
+
+    return train_encoder(config, run_dir=run_dir, resume=resume, overrides=overrides)

@@ -122,6 +122,20 @@ def _command_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_train(args: argparse.Namespace) -> int:
+    import os
+
+    from neurodec import api
+
+    started = time.perf_counter()
+    run = api.train(args.config, overrides=args.overrides, run_dir=args.run_dir, resume=not args.no_resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run {run.run_dir} ({time.perf_counter() - started:.1f} s); best checkpoint {run.best_checkpoint}")
+        for name, value in sorted(run.final_metrics.items()):
+            print(f"  {name:<32} {value:.4f}" if isinstance(value, float) else f"  {name:<32} {value}")
+    return 0
+
+
 def _simulate_parameters(args: argparse.Namespace) -> dict:
     parameters = {"size": args.size, "seed": args.seed, "overwrite": args.overwrite}
     if args.subjects is not None:
@@ -243,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=32, help="stimuli per batch")
     embed.add_argument("--device", default="cpu", help="torch device")
     embed.add_argument("--overwrite", action="store_true", help="recompute even if cached")
+
+    train = command(
+        "train",
+        _command_train,
+        "Train a brain encoder from an experiment config; under torchrun, with DDP.",
+        "neurodec train configs/demo/eeg.yaml train.epochs=5 optim.lr=1e-3",
+    )
+    train.add_argument("config", type=Path, help="experiment config (YAML)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=128")
+    train.add_argument("--run-dir", help="run folder (default: <output.runs_dir>/<output.name>)")
+    train.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run folder")
 
     simulate = command(
         "simulate",

@@ -44,7 +44,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(tmp_path, capsys):
 
 
 def test_every_command_has_help_with_an_example(capsys):
-    for command in ("info", "ingest", "embed", "simulate", "demo", "datasets"):
+    for command in ("info", "ingest", "embed", "train", "simulate", "demo", "datasets"):
         assert main([command, "--help"]) == 0
         assert "example:\n  neurodec " + command in capsys.readouterr().out
 
@@ -131,8 +131,10 @@ def test_api_functions_survive_importing_the_subpackages():
     import neurodec
     import neurodec.io
     import neurodec.simulate  # noqa: F401  (importing a sub-package must not shadow an API function)
+    import neurodec.training  # noqa: F401
 
-    assert callable(neurodec.simulate_cohort) and callable(neurodec.ingest) and callable(neurodec.info)
+    for name in ("simulate_cohort", "ingest", "info", "embed", "train"):
+        assert callable(getattr(neurodec, name)), name
 
 
 def test_embed_command_caches_targets_by_config(tmp_path, capsys):
