@@ -159,6 +159,28 @@ def test_generator_features_are_far_from_a_pixel_embedding():
         assert held_out_r2(features[name]) < 0.5, name
 
 
+@pytest.mark.slow  # embeds 450 images with the CNN: about a minute on 2 cores
+def test_generator_features_are_far_from_the_demo_target_space():
+    """The demo's target space (pretrained EfficientNet-Lite0 embeddings, neurodec.targets)
+    explains less than half the variance of what drives the simulated responses."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
+
+    from neurodec.simulate.features import generator_features
+    from neurodec.targets import get_extractor
+
+    demo = load_demo_images(450, seed=0)
+    split = np.array(assign_split(demo, 100, seed=0))
+    train, test = split == "train", split == "test"
+    raw = image_features(demo.images, demo.category)
+    early, late = generator_features(standardise(raw, {name: values[train] for name, values in raw.items()}))
+    driving = np.concatenate([early, late], axis=1)
+    embedding = get_extractor("image_pretrained_cnn").embed(list(demo.images), batch_size=64)
+    ridge = RidgeCV(alphas=np.logspace(-2, 6, 17)).fit(embedding[train], driving[train])
+    r2 = r2_score(driving[test], ridge.predict(embedding[test]))
+    assert 0.05 < r2 < 0.5, r2
+
+
 # -------------------------------------------------------------------------- store
 def test_tiny_cohort_is_a_valid_store(tiny):
     study, report = tiny

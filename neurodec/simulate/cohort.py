@@ -13,7 +13,7 @@ import numpy as np
 from neurodec._logging import progress
 from neurodec.errors import ConfigError
 from neurodec.simulate import ceiling
-from neurodec.simulate.features import HIGH_LEVEL_FEATURES, LOW_LEVEL_FEATURES, image_features, standardise
+from neurodec.simulate.features import generator_features, image_features, standardise
 from neurodec.simulate.images import DemoImages, assign_split, load_demo_images
 from neurodec.simulate.parameters import SimulationParameters
 from neurodec.store import RecordingData, StoreWriter, event_table, open_store, stimulus_table
@@ -147,13 +147,8 @@ def _prepare_stimuli(parameters: SimulationParameters, seed: int) -> _Stimuli:
     demo = load_demo_images(parameters.n_train + parameters.n_test, size=parameters.image_size, seed=seed)
     split = assign_split(demo, parameters.n_test, seed=seed)
     features = standardise(image_features(demo.images, demo.category))
-    return _Stimuli(
-        demo=demo,
-        split=split,
-        low=np.concatenate([features[name] for name in LOW_LEVEL_FEATURES], axis=1),
-        high=np.concatenate([features[name] for name in HIGH_LEVEL_FEATURES], axis=1),
-        n_category=features["category"].shape[1],
-    )
+    early, late = generator_features(features)
+    return _Stimuli(demo=demo, split=split, low=early, high=late, n_category=features["category"].shape[1])
 
 
 def _electrophysiology_recording(
@@ -178,7 +173,9 @@ def _electrophysiology_recording(
     trials = trial_order(stimuli.split, p.test_repetitions, session_rng)
     # The brain is drawn from the subject's own stream, so EEG and MEG share it.
     subject_rng, cohort_rng = _rng(seed, subject_index, "brain"), _rng(seed, 0, "brain")
-    brain = make_subject_brain(sources, stimuli.high.shape[1], stimuli.n_category, p, subject_rng, cohort_rng)
+    brain = make_subject_brain(
+        sources, stimuli.low.shape[1], stimuli.high.shape[1], stimuli.n_category, p, subject_rng, cohort_rng
+    )
     drive_early, drive_late = source_drives(brain, stimuli.low, stimuli.high, p.stimulus_specific_ratio)
     sensor_rng = _rng(seed, subject_index, f"sensors-{modality}")
     if modality == "eeg":

@@ -174,6 +174,17 @@ def _early_tuning(preference: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.concatenate([contrast, orientation, luminance], axis=1)
 
 
+def _early_weights(preference: np.ndarray, n_features: int, rng: np.random.Generator) -> np.ndarray:
+    """Retinotopic tuning to the low-level features, then random weights (of the same RMS
+    per source) on the conjunction columns that follow them."""
+    tuning = _early_tuning(preference, rng)
+    extra = n_features - tuning.shape[1]
+    if extra <= 0:
+        return tuning[:, :n_features]
+    scale = np.sqrt(np.mean(tuning**2, axis=1, keepdims=True))
+    return np.concatenate([tuning, scale * rng.standard_normal((len(preference), extra))], axis=1)
+
+
 def _late_tuning(n_sources: int, n_features: int, n_category: int, rng: np.random.Generator) -> np.ndarray:
     weights = rng.standard_normal((n_sources, n_features))
     # Category codes drive the late sources more strongly than shape descriptors.
@@ -187,6 +198,7 @@ def _mix(shared: np.ndarray, own: np.ndarray, similarity: float) -> np.ndarray:
 
 def make_subject_brain(
     sources: SourceModel,
+    n_low_features: int,
     n_high_features: int,
     n_category: int,
     parameters: SimulationParameters,
@@ -201,7 +213,7 @@ def make_subject_brain(
 
     def draw(rng: np.random.Generator):
         orientations = rng.standard_normal((n, 3))
-        early = _early_tuning(preference, rng)
+        early = _early_weights(preference, n_low_features, rng)
         late = _late_tuning(len(sources.late), n_high_features, n_category, rng)
         return orientations, early, late
 
