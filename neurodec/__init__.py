@@ -10,8 +10,31 @@ open_clip) are imported by the functions that use them.
 
 __version__ = "0.1.0"
 
-from neurodec.api import embed, info, ingest, open_store, simulate_cohort, train  # noqa: E402
+from neurodec.api import (  # noqa: E402
+    embed,
+    evaluate,
+    info,
+    ingest,
+    load_encoder,
+    open_store,
+    retrieve,
+    simulate_cohort,
+    train,
+)
 from neurodec.errors import NeurodecError  # noqa: E402
 from neurodec.store import StoreWriter  # noqa: E402
 
-__all__ = ["NeurodecError", "StoreWriter", "__version__", "embed", "info", "ingest", "open_store", "simulate_cohort", "train"]
+__all__ = [
+    "NeurodecError",
+    "StoreWriter",
+    "__version__",
+    "embed",
+    "evaluate",
+    "info",
+    "ingest",
+    "load_encoder",
+    "open_store",
+    "retrieve",
+    "simulate_cohort",
+    "train",
+]

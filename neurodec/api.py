@@ -14,7 +14,7 @@ from typing import Any
 
 from neurodec.store import Study, format_summary, open_store, summarize
 
-__all__ = ["embed", "info", "ingest", "open_store", "simulate_cohort", "train"]
+__all__ = ["embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "retrieve", "simulate_cohort", "train"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -84,3 +84,35 @@ def train(config: Any, *, overrides: list[str] | tuple[str, ...] = (), run_dir: 
     from neurodec.training import train as train_encoder
 
     return train_encoder(config, run_dir=run_dir, resume=resume, overrides=overrides)
+
+
+def load_encoder(run_dir: str | os.PathLike, checkpoint: str = "best", **options: Any):
+    """A trained encoder with its fitted transform and subjects, ready for new trials.
+
+    >>> encoder = neurodec.load_encoder("runs/eeg-demo")            # doctest: +SKIP
+    >>> z = encoder.embed(trials, subject="01")                     # doctest: +SKIP
+    """
+    from neurodec.evaluation import load_encoder as load
+
+    return load(run_dir, checkpoint, **options)
+
+
+def retrieve(brain_embeddings: Any, targets: Any, k: int = 5, **options: Any):
+    """The ``k`` best candidates (ids and cosine scores) for each brain embedding.
+
+    >>> neurodec.retrieve(z, study.targets("efficientnet-lite0"), k=5).ids   # doctest: +SKIP
+    """
+    from neurodec.evaluation import retrieve as rank
+
+    return rank(brain_embeddings, targets, k, **options)
+
+
+def evaluate(run_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """Score a trained run on its test split (retrieval, ridge baseline, chance) and write
+    ``report.json``, ``report.md`` and ``report.html``; returns the results.
+
+    >>> results = neurodec.evaluate("runs/eeg-demo")                # doctest: +SKIP
+    """
+    from neurodec.evaluation import evaluate_run
+
+    return evaluate_run(run_dir, **options)

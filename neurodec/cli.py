@@ -136,6 +136,28 @@ def _command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_evaluate(args: argparse.Namespace) -> int:
+    from neurodec import api
+    from neurodec.report import format_summary_table
+
+    started = time.perf_counter()
+    results = api.evaluate(
+        args.run,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        n_repeats=args.repeats,
+        n_bootstrap=args.bootstrap,
+        n_permutations=args.permutations,
+        baselines=not args.no_baselines,
+        out_dir=args.out,
+        seed=args.seed,
+    )
+    print(format_summary_table(results))
+    where = Path(args.out) if args.out else Path(args.run) / "report"
+    print(f"report: {where / 'report.html'} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
 def _simulate_parameters(args: argparse.Namespace) -> dict:
     parameters = {"size": args.size, "seed": args.seed, "overwrite": args.overwrite}
     if args.subjects is not None:
@@ -268,6 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=128")
     train.add_argument("--run-dir", help="run folder (default: <output.runs_dir>/<output.name>)")
     train.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run folder")
+
+    evaluate = command(
+        "evaluate",
+        _command_evaluate,
+        "Score a trained run on its test split: N-way and full-set retrieval, ridge baseline, report.",
+        "neurodec evaluate runs/eeg-demo --permutations 1000",
+    )
+    evaluate.add_argument("run", type=Path, help="run folder written by neurodec train")
+    evaluate.add_argument("--split", choices=["test", "val"], default="test", help="which split to score")
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint")
+    evaluate.add_argument("--repeats", type=int, default=30, help="random candidate subsets per N-way size")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals")
+    evaluate.add_argument("--permutations", type=int, default=1000, help="permutations for p-values")
+    evaluate.add_argument("--no-baselines", action="store_true", help="skip the ridge baseline")
+    evaluate.add_argument("--out", help="report folder (default: RUN/report)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
 
     simulate = command(
         "simulate",

@@ -90,3 +90,11 @@ class TargetError(NeurodecError):
 
 class WeightsNotFoundError(TargetError, FileNotFoundError):
     """A model's weight file is not on this machine (weights are never downloaded at run time)."""
+
+
+class RunFolderError(NeurodecError, FileNotFoundError):
+    """A run folder is missing, incomplete, or not a single run (repeated seeds)."""
+
+
+class UnknownSubjectError(NeurodecError, ValueError):
+    """A subject the trained encoder has no subject-specific weights for."""

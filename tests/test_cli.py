@@ -44,7 +44,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(tmp_path, capsys):
 
 
 def test_every_command_has_help_with_an_example(capsys):
-    for command in ("info", "ingest", "embed", "train", "simulate", "demo", "datasets"):
+    for command in ("info", "ingest", "embed", "train", "evaluate", "simulate", "demo", "datasets"):
         assert main([command, "--help"]) == 0
         assert "example:\n  neurodec " + command in capsys.readouterr().out
 
@@ -133,7 +133,9 @@ def test_api_functions_survive_importing_the_subpackages():
     import neurodec.simulate  # noqa: F401  (importing a sub-package must not shadow an API function)
     import neurodec.training  # noqa: F401
 
-    for name in ("simulate_cohort", "ingest", "info", "embed", "train"):
+    import neurodec.evaluation  # noqa: F401
+
+    for name in ("simulate_cohort", "ingest", "info", "embed", "train", "evaluate", "load_encoder", "retrieve"):
         assert callable(getattr(neurodec, name)), name
 
 
