@@ -11,6 +11,7 @@ open_clip) are imported by the functions that use them.
 __version__ = "0.1.0"
 
 from neurodec.api import (  # noqa: E402
+    adapt,
     embed,
     evaluate,
     info,
@@ -28,6 +29,7 @@ __all__ = [
     "NeurodecError",
     "StoreWriter",
     "__version__",
+    "adapt",
     "embed",
     "evaluate",
     "info",

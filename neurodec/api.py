@@ -14,7 +14,7 @@ from typing import Any
 
 from neurodec.store import Study, format_summary, open_store, summarize
 
-__all__ = ["embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "retrieve", "simulate_cohort", "train"]
+__all__ = ["adapt", "embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "retrieve", "simulate_cohort", "train"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -116,3 +116,26 @@ def evaluate(run_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
     from neurodec.evaluation import evaluate_run
 
     return evaluate_run(run_dir, **options)
+
+
+def adapt(run_dir: str | os.PathLike, subject: str, n_trials: int | None = None, *, curve: bool = False,
+          **options: Any):
+    """Fit a new subject's adapter on a trained run, the shared model frozen.
+
+    With ``curve=True``, accuracy against the number of trials (``grid=``), next to a model
+    trained from scratch on the same trials, over ``seeds=``; otherwise one fit on
+    ``n_trials`` trials.
+
+    >>> result = neurodec.adapt("runs/fmri-demo", "04", 100)                    # doctest: +SKIP
+    >>> curve = neurodec.adapt("runs/fmri-demo", "04", curve=True)              # doctest: +SKIP
+    """
+    from neurodec.training import adapt as adapt_subject
+    from neurodec.training import adapt_curve
+
+    if curve:
+        return adapt_curve(run_dir, subject, **options)
+    if n_trials is None:
+        from neurodec.errors import ConfigError
+
+        raise ConfigError("adapt: give n_trials (the new subject's training trials), or curve=True")
+    return adapt_subject(run_dir, subject, n_trials, **options)

@@ -158,6 +158,30 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_adapt(args: argparse.Namespace) -> int:
+    from neurodec import api
+
+    started = time.perf_counter()
+    if args.curve:
+        curve = api.adapt(args.run, args.subject, curve=True, grid=tuple(args.grid), seeds=tuple(args.seeds),
+                          steps=args.steps, out_dir=args.out)
+        from neurodec.training.adaptation import curve_markdown
+
+        print(curve_markdown(curve))
+    else:
+        if args.n_trials is None:
+            from neurodec.errors import ConfigError
+
+            raise ConfigError("neurodec adapt: give --n-trials K, or --curve for the accuracy-against-K grid")
+        result = api.adapt(args.run, args.subject, args.n_trials, seed=args.seed, steps=args.steps, out_dir=args.out)
+        print(f"subject {result.subject}: {result.n_trials} trials, {result.steps_done} steps "
+              f"(best at {result.best_step}), {result.n_trained_parameters} parameters trained")
+        for name, value in sorted(result.metrics.items()):
+            print(f"  {name:<24} {value}")
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _simulate_parameters(args: argparse.Namespace) -> dict:
     parameters = {"size": args.size, "seed": args.seed, "overwrite": args.overwrite}
     if args.subjects is not None:
@@ -306,6 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the ridge baseline")
     evaluate.add_argument("--out", help="report folder (default: RUN/report)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
+
+    adapt = command(
+        "adapt",
+        _command_adapt,
+        "Fit a new subject's adapter on a trained run (shared model frozen); --curve compares with scratch.",
+        "neurodec adapt runs/fmri-demo --subject 04 --n-trials 100",
+    )
+    adapt.add_argument("run", type=Path, help="run folder written by neurodec train")
+    adapt.add_argument("--subject", required=True, help="the new subject's label in the run's store")
+    adapt.add_argument("--n-trials", type=int, help="training trials of the new subject (K)")
+    adapt.add_argument("--curve", action="store_true", help="accuracy against K, adapted and from scratch")
+    adapt.add_argument("--grid", type=int, nargs="+", default=[25, 50, 100, 200, 400], help="K values for --curve")
+    adapt.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for --curve")
+    adapt.add_argument("--seed", type=int, default=0, help="seed of a single fit")
+    adapt.add_argument("--steps", type=int, help="optimisation steps per fit (default 300)")
+    adapt.add_argument("--out", help="output folder (default: RUN/adapt-sub-SUBJECT)")
 
     simulate = command(
         "simulate",

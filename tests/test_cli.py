@@ -44,7 +44,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(tmp_path, capsys):
 
 
 def test_every_command_has_help_with_an_example(capsys):
-    for command in ("info", "ingest", "embed", "train", "evaluate", "simulate", "demo", "datasets"):
+    for command in ("info", "ingest", "embed", "train", "evaluate", "adapt", "simulate", "demo", "datasets"):
         assert main([command, "--help"]) == 0
         assert "example:\n  neurodec " + command in capsys.readouterr().out
 
@@ -135,7 +135,7 @@ def test_api_functions_survive_importing_the_subpackages():
 
     import neurodec.evaluation  # noqa: F401
 
-    for name in ("simulate_cohort", "ingest", "info", "embed", "train", "evaluate", "load_encoder", "retrieve"):
+    for name in ("simulate_cohort", "ingest", "info", "embed", "train", "evaluate", "load_encoder", "retrieve", "adapt"):
         assert callable(getattr(neurodec, name)), name
 
 

@@ -10,6 +10,8 @@ folder holds, for the evaluation code).
 """
 
 from neurodec.training._logs import read_history
+from neurodec.training.adaptation import AdaptResult, adapt, adapt_curve, leave_one_subject_out
 from neurodec.training.trainer import Run, learning_rate, summarize_seeds, train
 
-__all__ = ["Run", "learning_rate", "read_history", "summarize_seeds", "train"]
+__all__ = ["AdaptResult", "Run", "adapt", "adapt_curve", "learning_rate", "leave_one_subject_out", "read_history",
+           "summarize_seeds", "train"]
