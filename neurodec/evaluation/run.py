@@ -616,13 +616,4 @@ def evaluate_run(
     return results
 
 
-__all__ = [
-    "RetrievalResult",
-    "RunFolderError",
-    "TrainedEncoder",
-    "UnknownSubjectError",
-    "describe_target_space",
-    "evaluate_run",
-    "load_encoder",
-    "retrieve",
-]
+__all__ = ["RetrievalResult", "TrainedEncoder", "describe_target_space", "evaluate_run", "load_encoder", "retrieve"]
