@@ -77,6 +77,17 @@ class ClampSpec(_Section):
     per_subject: bool = False
 
 
+class TemporalPoolSpec(_Section):
+    """Average groups of ``factor`` time samples (:class:`neurodec.data.transforms.TemporalPool`).
+
+    The trainer fills the model's ``n_times`` and ``sfreq`` from the stored (unpooled) data:
+    set ``model.n_times`` and ``model.sfreq`` to the pooled values."""
+
+    name: Literal["temporal_pool"]
+    factor: int = Field(4, ge=1)
+    per_subject: bool = False
+
+
 class MVNNSpec(_Section):
     """Multivariate noise normalisation (:class:`neurodec.data.MVNN`, NICE / THINGS-EEG2)."""
 
@@ -87,7 +98,7 @@ class MVNNSpec(_Section):
 
 
 TransformSpec = Annotated[
-    Union[StandardScalerSpec, RobustScalerSpec, ClampSpec, MVNNSpec], Field(discriminator="name")
+    Union[StandardScalerSpec, RobustScalerSpec, ClampSpec, TemporalPoolSpec, MVNNSpec], Field(discriminator="name")
 ]
 
 

@@ -139,6 +139,28 @@ def test_demo_config_builds_and_embeds_the_demo_shapes(name):
     assert sum(p.numel() for p in model.parameters()) < 10_000_000
 
 
+@pytest.mark.parametrize("name", ["demo/eeg.yaml", "demo/meg.yaml"])
+def test_demo_config_model_reads_the_temporally_pooled_input(name):
+    # The trainer fills n_times and sfreq from the stored (unpooled) data; the config must
+    # override them with the pooled values, or NICE's projection would expect 200 samples.
+    config = load_config(CONFIGS / name)
+    pools = [spec for spec in config.data.transforms if spec.name == "temporal_pool"]
+    assert len(pools) == 1 and config.data.transforms[0].name == "temporal_pool"  # scaler fitted on pooled data
+    stored = DEMO_SHAPES[config.data.modality]
+    arguments = config.model.arguments()
+    assert arguments["n_times"] == stored["n_times"] // pools[0].factor == 50
+    assert arguments["sfreq"] == stored["sfreq"] / pools[0].factor
+    model = _model(config, {**stored, "n_subjects": DEMO_SUBJECTS, "n_outputs": DEMO_TARGET_SIZE}).eval()
+    # NICE's flattened feature: (50 - 5 + 1 - 11 + 1) pooled steps x 20 filters.
+    assert model.feature_size == 36 * 20
+    from neurodec.training._setup import build_transform
+
+    pooled = build_transform(config).steps[0].transform(torch.randn(2, stored["n_chans"], stored["n_times"]).numpy())
+    with torch.no_grad():
+        output = model(torch.from_numpy(pooled), torch.zeros(2, dtype=torch.long))
+    assert output.shape == (2, DEMO_TARGET_SIZE)
+
+
 @pytest.mark.parametrize("name", DEMO)
 def test_demo_config_validation_and_budget(name):
     config = load_config(CONFIGS / name)

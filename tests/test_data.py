@@ -34,6 +34,7 @@ from neurodec.data import (
     split_runs,
     split_stimuli,
 )
+from neurodec.data.transforms import TemporalPool
 from neurodec.errors import ConfigError, EventError, RegistryError, SplitError, StoreError
 from neurodec.store import RecordingData, StoreWriter, event_table, open_store, stimulus_table
 
@@ -392,6 +393,43 @@ def test_fitted_transforms_round_trip_through_a_folder(epoched, tmp_path):
     (tmp_path / "compose" / "transform.json").write_text('{"transform": "Nope"}')
     with pytest.raises(RegistryError, match="known transforms"):
         load_transform(tmp_path / "compose")
+
+
+def test_temporal_pool_is_a_reshape_mean_and_the_scaler_after_it_sees_pooled_trials(epoched, tmp_path):
+    from neurodec.config import load_config
+    from neurodec.training._setup import build_transform
+
+    train = TrialDataset(epoched["path"], stimuli=STIMULI[:9])
+    batch = train.read_batch(range(20))["brain"]  # 20 trials x 4 channels x 20 samples
+    pooled = TemporalPool(3).transform(batch)
+    # 20 samples in groups of 3: the last 2 are dropped, 6 means remain.
+    expected = batch.astype(np.float64)[:, :, :18].reshape(20, N_CHANNELS, 6, 3).mean(axis=3)
+    assert pooled.shape == (20, N_CHANNELS, 6) and pooled.dtype == np.float32
+    np.testing.assert_allclose(pooled, expected, rtol=1e-6)
+    np.testing.assert_allclose(pooled[3, 1, 0], batch[3, 1, :3].astype(np.float64).mean(), rtol=1e-6)
+    np.testing.assert_array_equal(TemporalPool(1).transform(batch), batch)
+
+    # Built from a config, as the trainer does; the robust scaler is fitted on pooled training trials.
+    config = load_config({"data": {"store": str(epoched["path"]), "target": "clip",
+                                   "transforms": [{"name": "temporal_pool", "factor": 4}, {"name": "robust_scaler"}]},
+                          "model": {"name": "nice"}})
+    composed = build_transform(config).fit(train)
+    train_trials = np.stack([t for (_, s, _), t in epoched["trials"].items() if s not in TEST_STIMULI])
+    pooled_train = train_trials.astype(np.float64).reshape(len(train_trials), N_CHANNELS, 5, 4).mean(axis=3)
+    values = pooled_train.transpose(1, 0, 2).reshape(N_CHANNELS, -1)
+    np.testing.assert_allclose(composed.steps[1].center, np.median(values, axis=1), rtol=1e-5)
+    composed.save(tmp_path / "pooled")
+    loaded = load_transform(tmp_path / "pooled")
+    assert isinstance(loaded.steps[0], TemporalPool) and loaded.steps[0].factor == 4
+    np.testing.assert_array_equal(loaded.transform(batch), composed.transform(batch))
+    assert loaded.transform(batch).shape == (20, N_CHANNELS, 5)
+
+    with pytest.raises(ConfigError, match="trials x channels x times"):
+        TemporalPool(2).transform(np.zeros((3, 10), dtype=np.float32))
+    with pytest.raises(ConfigError, match="fewer than factor"):
+        TemporalPool(30).transform(batch)
+    with pytest.raises(ConfigError, match="whole number"):
+        TemporalPool(0)
 
 
 def test_dataset_applies_its_transform_before_averaging(epoched):

@@ -22,6 +22,7 @@ from neurodec.data.transforms import (
     PerSubject,
     RobustScaler,
     StandardScaler,
+    TemporalPool,
     Transform,
     load_transform,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RobustScaler",
     "Splits",
     "StandardScaler",
+    "TemporalPool",
     "Transform",
     "TrialDataset",
     "WindowDataset",

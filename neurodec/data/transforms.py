@@ -197,8 +197,27 @@ def load_transform(folder: str | os.PathLike) -> Transform:
     return _transform_class(spec.get("transform", "")).from_state(spec, arrays)
 
 
+def create_transform(name: str, **options) -> Transform:
+    """A transform by the name experiment configs use (``robust_scaler``, ``temporal_pool``...).
+
+    >>> create_transform("clamp", limit=20.0).limit
+    20.0
+    """
+    by_config_name = {
+        "standard_scaler": StandardScaler,
+        "robust_scaler": RobustScaler,
+        "clamp": Clamp,
+        "temporal_pool": TemporalPool,
+        "mvnn": MVNN,
+    }
+    if name not in by_config_name:
+        raise RegistryError(f"unknown transform {name!r}; known transforms: {sorted(by_config_name)}")
+    return by_config_name[name](**options)
+
+
 def _transform_class(name: str) -> type[Transform]:
-    known = {cls.__name__: cls for cls in (StandardScaler, RobustScaler, Clamp, MVNN, Compose, PerSubject)}
+    classes = (StandardScaler, RobustScaler, Clamp, TemporalPool, MVNN, Compose, PerSubject)
+    known = {cls.__name__: cls for cls in classes}
     if name not in known:
         raise RegistryError(f"unknown transform {name!r}; known transforms: {sorted(known)}")
     return known[name]
@@ -302,6 +321,39 @@ class Clamp(Transform):
 
     def transform(self, brain, subjects=None):
         return np.clip(brain, -self.limit, self.limit).astype(np.float32, copy=False)
+
+
+class TemporalPool(Transform):
+    """Average non-overlapping groups of ``factor`` time samples: 200 Hz -> 50 Hz with ``factor=4``.
+
+    A boxcar low-pass then a downsample, done on the trials already epoched: it cuts the
+    cost of every temporal layer (and the ridge's feature count) by ``factor``. Trailing
+    samples that do not fill a group are dropped. Needs no fit; the output sampling rate is
+    ``sfreq / factor`` and a model reading it must be built for ``n_times // factor`` samples.
+
+    >>> TemporalPool(4).transform(np.ones((2, 3, 10), dtype=np.float32)).shape
+    (2, 3, 2)
+    """
+
+    needs_fit = False
+
+    def __init__(self, factor: int = 4):
+        super().__init__()
+        if int(factor) != factor or factor < 1:
+            raise ConfigError(f"TemporalPool factor must be a whole number >= 1, found {factor!r}")
+        self.factor = int(factor)
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+    def transform(self, brain, subjects=None):
+        if brain.ndim != 3:
+            raise ConfigError(f"TemporalPool needs trials x channels x times, found shape {brain.shape}")
+        n_steps = brain.shape[2] // self.factor
+        if n_steps == 0:
+            raise ConfigError(f"TemporalPool: {brain.shape[2]} time samples are fewer than factor={self.factor}")
+        grouped = brain[:, :, : n_steps * self.factor].reshape(brain.shape[0], brain.shape[1], n_steps, self.factor)
+        return grouped.mean(axis=3, dtype=np.float32)
 
 
 class MVNN(Transform):

@@ -119,13 +119,11 @@ def make_dataset(config: ExperimentConfig, study, splits, part: str, *, average:
 
 def build_transform(config: ExperimentConfig):
     """The configured transforms as one (unfitted) transform, or None."""
-    from neurodec.data.transforms import MVNN, Clamp, Compose, PerSubject, RobustScaler, StandardScaler
+    from neurodec.data.transforms import Compose, PerSubject, create_transform
 
     steps = []
     for spec in config.data.transforms:
-        options = spec.model_dump(exclude={"name", "per_subject"})
-        transform = {"standard_scaler": StandardScaler, "robust_scaler": RobustScaler, "clamp": Clamp,
-                     "mvnn": MVNN}[spec.name](**options)
+        transform = create_transform(spec.name, **spec.model_dump(exclude={"name", "per_subject"}))
         steps.append(PerSubject(transform) if spec.per_subject and transform.needs_fit else transform)
     if not steps:
         return None
