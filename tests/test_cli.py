@@ -113,7 +113,7 @@ def test_demo_simulates_once_then_reuses_the_cohort(tmp_path, capsys):
     from neurodec.store import open_store
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size", "tiny"]) == 0
+    assert main(["demo", "--out", str(out), "--size", "tiny", "--until", "cohort"]) == 0
     first = capsys.readouterr().out
     store = out / "demo.zarr"
     assert f"[demo] store: {store}" in first
@@ -122,7 +122,7 @@ def test_demo_simulates_once_then_reuses_the_cohort(tmp_path, capsys):
     assert sorted({r.modality for r in study.recordings()}) == ["eeg", "fmri", "meg"]
     assert f"subjects  {len(study.subjects)}:" in first
 
-    assert main(["demo", "--out", str(out), "--size", "tiny"]) == 0
+    assert main(["demo", "--out", str(out), "--size", "tiny", "--until", "cohort"]) == 0
     second = capsys.readouterr().out
     assert "reusing the demo cohort" in second and "mean eeg" not in second
 
