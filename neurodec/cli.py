@@ -57,25 +57,12 @@ def _command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dotted_overrides(pairs: list[str]) -> dict:
-    """``--set preprocessing.resample=100`` pairs as a dict; values are parsed as YAML scalars."""
-    import yaml
-
-    from neurodec.errors import ConfigError
-
-    overrides = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. preprocessing.resample=100), found {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def _ingest_options(args: argparse.Namespace):
     """Command-line flags laid over the ``--config`` file's ingestion options."""
+    from neurodec.config import split_override
     from neurodec.io import options_from_flags
 
+    overrides = {".".join(keys): value for keys, value in map(split_override, args.set)}
     return options_from_flags(
         args.config,
         subject=args.subject,
@@ -87,7 +74,7 @@ def _ingest_options(args: argparse.Namespace):
         events_file=args.events_file,
         epochs=tuple(args.epochs) if args.epochs else None,
         keep_personal=True if args.keep_personal else None,
-        overrides=_dotted_overrides(args.set),
+        overrides=overrides,
     )
 
 
@@ -105,12 +92,13 @@ def _command_ingest(args: argparse.Namespace) -> int:
 
 def _command_embed(args: argparse.Namespace) -> int:
     from neurodec import api
+    from neurodec.targets import parse_config_overrides
 
     started = time.perf_counter()
     key = api.embed(
         args.store,
         args.extractor,
-        _dotted_overrides(args.set),
+        parse_config_overrides(args.set),
         key=args.key,
         batch_size=args.batch_size,
         overwrite=args.overwrite,

@@ -373,11 +373,7 @@ def apply_overrides(document: dict[str, Any], overrides: Sequence[str]) -> dict[
 
     document = copy.deepcopy(document)
     for pair in overrides:
-        key, separator, value = str(pair).partition("=")
-        key = key.strip()
-        if not separator or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override expects dotted.key=value (e.g. train.lr=1e-3), found {pair!r}")
-        keys = key.split(".")
+        keys, value = split_override(pair)
         _check_override_path(keys, pair)
         node = document
         for depth, part in enumerate(keys[:-1]):
@@ -387,8 +383,21 @@ def apply_overrides(document: dict[str, Any], overrides: Sequence[str]) -> dict[
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {pair!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
             node = child
-        node[keys[-1]] = _parse_value(value)
+        node[keys[-1]] = value
     return document
+
+
+def split_override(pair: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` as ``(["a", "b"], value)``, the value read as YAML (``1e-3`` a number).
+
+    >>> split_override("preprocessing.resample=100")
+    (['preprocessing', 'resample'], 100)
+    """
+    key, separator, value = str(pair).partition("=")
+    key = key.strip()
+    if not separator or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override expects dotted.key=value (e.g. train.lr=1e-3), found {pair!r}")
+    return key.split("."), _parse_value(value)
 
 
 def load_config(

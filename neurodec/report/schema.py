@@ -72,6 +72,13 @@ def _require(mapping: dict, key: str, where: str, expected: str, check) -> Any:
     return value
 
 
+def _require_metrics(entry: dict, where: str) -> None:
+    """An entry's ``metrics``: present, and shaped as ``evaluate_retrieval`` returns them."""
+    if "metrics" not in entry:
+        raise ReportInputError(f"results[{where}]: missing key 'metrics' (the output of evaluate_retrieval)")
+    validate_metrics(entry["metrics"], f"{where}]['metrics'")
+
+
 def validate_metrics(metrics: Any, where: str) -> None:
     """Check that ``metrics`` is the dict :func:`neurodec.metrics.evaluate_retrieval` returns."""
     if not isinstance(metrics, dict):
@@ -146,9 +153,7 @@ def validate_results(results: Any) -> dict:
         where = f"'retrieval'][{name!r}"
         _require(entry, "modality", where, "a modality name (a string)", lambda value: isinstance(value, str))
         _require(entry, "model", where, "a model name (a string)", lambda value: isinstance(value, str))
-        if "metrics" not in entry:
-            raise ReportInputError(f"results[{where}]: missing key 'metrics' (the output of evaluate_retrieval)")
-        validate_metrics(entry["metrics"], f"{where}]['metrics'")
+        _require_metrics(entry, where)
 
     baselines = results["baselines"]
     if not isinstance(baselines, dict):
@@ -157,9 +162,7 @@ def validate_results(results: Any) -> dict:
         where = f"'baselines'][{name!r}"
         _require(entry, "modality", where, "a modality name (a string)", lambda value: isinstance(value, str))
         _require(entry, "kind", where, "the baseline kind, e.g. 'ridge'", lambda value: isinstance(value, str))
-        if "metrics" not in entry:
-            raise ReportInputError(f"results[{where}]: missing key 'metrics' (the output of evaluate_retrieval)")
-        validate_metrics(entry["metrics"], f"{where}]['metrics'")
+        _require_metrics(entry, where)
         parameters = entry.setdefault("parameters", {})
         if not isinstance(parameters, dict):
             _fail(f"{where}]['parameters'", "a dict", parameters)

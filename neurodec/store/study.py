@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from neurodec.errors import (
+    EventError,
     IncompleteStoreError,
     StoreError,
     StoreExistsError,
@@ -334,7 +335,7 @@ class Study:
         key = recording.key
         if key in self.recording_keys and not overwrite:
             raise StoreExistsError(f"{self.url}: recording {key} exists; pass overwrite=True to replace it")
-        self._check_events_known(recording)
+        _check_events_known(recording, self.stimuli)
         path = self._fresh_path("recordings", key)
         _write_recording_group(self._group, path, recording)
         previous = self._manifest["recordings"]
@@ -377,17 +378,6 @@ class Study:
         self._commit(targets=entries)
         self._remove_replaced(previous, key)
         return key
-
-    def _check_events_known(self, recording: RecordingData) -> None:
-        known = set(self.stimuli["id"].tolist())
-        unknown = sorted(set(recording.events["stimulus_id"].tolist()) - known - {""})
-        if unknown:
-            from neurodec.errors import EventError
-
-            raise EventError(
-                f"recording {recording.key} (source {recording.source.get('file', '?')}): events name "
-                f"{len(unknown)} stimuli absent from the stimuli table, e.g. {unknown[:5]}"
-            )
 
     def _commit(self, **changes: Any) -> None:
         """Publish changes by rewriting the manifest: the one write that makes them visible."""
@@ -437,6 +427,16 @@ class Study:
         for entry in self._manifest["targets"]:
             if entry["path"] not in self._group:
                 raise StoreSchemaError(f"{where}: targets {entry['key']} listed at {entry['path']} are missing")
+
+
+def _check_events_known(recording: RecordingData, stimuli: Table) -> None:
+    """Refuse events naming stimuli absent from the stimuli table (markers with no id pass)."""
+    unknown = sorted(set(recording.events["stimulus_id"].tolist()) - set(stimuli["id"].tolist()) - {""})
+    if unknown:
+        raise EventError(
+            f"recording {recording.key} (source {recording.source.get('file', '?')}): events name "
+            f"{len(unknown)} stimuli absent from the stimuli table, e.g. {unknown[:5]}"
+        )
 
 
 def _write_recording_group(root, path: str, recording: RecordingData) -> None:
@@ -611,15 +611,7 @@ class StoreWriter:
         recording.validate()
         if any(e["key"] == recording.key for e in self._recordings):
             raise StoreExistsError(f"recording {recording.key} was already added to this store")
-        known = set(self._stimuli["id"].tolist()) | {""}
-        unknown = sorted(set(recording.events["stimulus_id"].tolist()) - known)
-        if unknown:
-            from neurodec.errors import EventError
-
-            raise EventError(
-                f"recording {recording.key} (source {recording.source.get('file', '?')}): events name "
-                f"{len(unknown)} stimuli absent from the stimuli table, e.g. {unknown[:5]}"
-            )
+        _check_events_known(recording, self._stimuli)
         path = f"recordings/{recording.key.replace('/', '_')}"
         _write_recording_group(self._root, path, recording)
         self._recordings.append({"key": recording.key, "path": path, "subject": recording.subject})
