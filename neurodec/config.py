@@ -268,6 +268,22 @@ class OutputConfig(_Section):
     name: str | None = None
 
 
+class RidgeBaselineConfig(_Section):
+    """The ridge baseline of ``neurodec evaluate`` (see ``neurodec.evaluation.baselines``)."""
+
+    # M/EEG: average groups of this many consecutive time samples of the transformed trials
+    # before flattening (5 at 50 Hz = 100 ms bins). Fewer features than single trials keeps the
+    # linear map from fitting noise; 1 keeps every sample. fMRI items have no time axis.
+    time_pool: int = Field(1, ge=1)
+    alphas: list[Annotated[float, Field(gt=0)]] | None = None   # default: logspace(-2, 6, 17)
+
+
+class EvaluationConfig(_Section):
+    """What ``neurodec evaluate`` computes beyond the encoder's own retrieval."""
+
+    ridge: RidgeBaselineConfig = Field(default_factory=RidgeBaselineConfig)
+
+
 class ExperimentConfig(_Section):
     """The whole experiment. See ``docs/training.md`` for every key."""
 
@@ -277,6 +293,7 @@ class ExperimentConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON/YAML values (model arguments included)."""

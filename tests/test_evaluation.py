@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from neurodec.config import load_config
-from neurodec.errors import NeurodecError, SplitError, StoreError, StoreNotFoundError
+from neurodec.errors import ConfigError, NeurodecError, SplitError, StoreError, StoreNotFoundError
 from neurodec.evaluation import (
     RunFolderError,
     UnknownSubjectError,
@@ -295,3 +295,26 @@ def test_target_space_provenance():
     # The record Study.target_config returns wraps the extractor's config.
     record = {"key": "cnn", "config": {"extractor": "image_pretrained_cnn"}, "config_hash": "abc"}
     assert describe_target_space("cnn", record)["pretrained"] is True
+
+
+def test_ridge_time_pool_averages_consecutive_samples(tmp_path):
+    from neurodec.data import TrialDataset
+    from neurodec.evaluation.run import _brain_by_subject
+
+    rng = np.random.default_rng(3)
+    ids = [f"img-{i}" for i in range(6)]
+    data = rng.standard_normal((6, 2, 7)).astype(np.float32)
+    with StoreWriter(tmp_path / "eeg.zarr", name="pooling") as writer:
+        writer.set_stimuli(stimulus_table(ids, "image"))
+        writer.add_recording(RecordingData(subject="01", modality="eeg", layout="epoched", data=data,
+                                           events=event_table(ids), sfreq=100.0, tmin=0.0,
+                                           ch_names=["C3", "C4"], ch_types=["eeg", "eeg"], units=["V", "V"]))
+    dataset = TrialDataset(tmp_path / "eeg.zarr", stimuli=ids)
+    pooled = _brain_by_subject(dataset, time_pool=3)[0]
+    # 7 samples in groups of 3: samples 0-2 and 3-5 averaged, the 7th dropped.
+    by_hand = np.stack([data[:, :, 0:3].mean(2), data[:, :, 3:6].mean(2)], axis=2).reshape(6, 4)
+    np.testing.assert_allclose(pooled, by_hand, rtol=1e-6)
+    assert _brain_by_subject(dataset)[0].shape == (6, 14)
+    with pytest.raises(ConfigError, match="evaluation.ridge.time_pool"):
+        load_config({"data": {"store": "x", "target": "t"}, "model": {"name": "nice"},
+                     "evaluation": {"ridge": {"time_pool": 0}}})

@@ -224,8 +224,8 @@ def test_similarity_excerpt_is_the_cosine_of_the_first_items(results):
 def test_summary_table_numbers_are_the_subject_means(results):
     lines = format_summary_table(results).splitlines()
     header = re.split(r"\s{2,}", lines[0])
-    assert header == ["modality", "model", "200-way top-1", "200-way top-5", "chance top-1", "chance top-5",
-                      "ridge top-1", "ridge top-5"]
+    assert header == ["modality", "model", "200-way top-1", "95% CI", "200-way top-5", "chance top-1",
+                      "chance top-5", "ridge top-1", "ridge 95% CI", "ridge top-5"]
     assert len(lines) == 2
     row = dict(zip(header, re.split(r"\s{2,}", lines[1])))
     model = results["retrieval"]["eeg / nice"]["metrics"]
@@ -237,11 +237,15 @@ def test_summary_table_numbers_are_the_subject_means(results):
         assert row[f"ridge top-{k}"] == percent(
             np.mean([ridge["brain->stimulus"]["per_subject"][s][metric] for s in SUBJECTS]))
         assert row[f"chance top-{k}"] == percent(k / 200)
+    low, high = model["brain->stimulus"]["interval"]["200-way top-1"]
+    assert row["95% CI"] == f"[{percent(low)}, {percent(high)}]" and low <= float(row["200-way top-1"]) / 100 <= high
+    low, high = ridge["brain->stimulus"]["interval"]["200-way top-1"]
+    assert row["ridge 95% CI"] == f"[{percent(low)}, {percent(high)}]"
     # The ridge baseline decodes: far above the 0.5 % chance of 200-way top-1.
     assert float(row["ridge top-1"]) > 5.0
     # Fewer items than N: reported as n/a, not as a number.
     small = format_summary_table(results, n_way=300).splitlines()[1]
-    assert re.split(r"\s{2,}", small)[2:] == ["n/a"] * 6
+    assert re.split(r"\s{2,}", small)[2:] == ["n/a"] * 8
 
 
 def _broken(results, change):

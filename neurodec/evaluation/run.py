@@ -427,8 +427,12 @@ def _check_same_data(run_dir: Path, data_record: dict, train_set) -> None:
                          f"evaluate on the store the run was trained on")
 
 
-def _brain_by_subject(dataset, batch_size: int = 256) -> dict[int, np.ndarray]:
-    """Each subject's items (transformed, averaged as the dataset says), flattened: {subject index: (n, features)}."""
+def _brain_by_subject(dataset, batch_size: int = 256, time_pool: int = 1) -> dict[int, np.ndarray]:
+    """Each subject's items (transformed, averaged as the dataset says), flattened: {subject index: (n, features)}.
+
+    ``time_pool`` > 1 averages groups of that many time samples of (trials, channels, times)
+    items first (trailing samples that fill no group are dropped); other shapes are kept.
+    """
     from neurodec._logging import progress
 
     subjects = np.asarray(dataset.subject_index)
@@ -439,6 +443,9 @@ def _brain_by_subject(dataset, batch_size: int = 256) -> dict[int, np.ndarray]:
         for start in range(0, len(rows), batch_size):
             brain = dataset.read_batch(rows[start: start + batch_size])["brain"]
             brain = np.stack(brain) if isinstance(brain, list) else brain
+            if time_pool > 1 and brain.ndim == 3:
+                steps = brain.shape[2] // time_pool
+                brain = brain[:, :, : steps * time_pool].reshape(*brain.shape[:2], steps, time_pool).mean(axis=3)
             parts.append(brain.reshape(len(brain), -1))
         out[int(subject)] = np.concatenate(parts)
     return out
@@ -462,7 +469,8 @@ def _ridge_entry(trained, config, study, splits, test_set, test_targets, metric_
         dataset.transform = trained.transform
     ids, embeddings = study.targets(trained.target_key)
     flat_targets = embeddings.reshape(len(embeddings), -1)
-    brain = {part: _brain_by_subject(dataset) for part, dataset in datasets.items()}
+    options = config.evaluation.ridge
+    brain = {part: _brain_by_subject(dataset, time_pool=options.time_pool) for part, dataset in datasets.items()}
     targets = {}
     for part, dataset in datasets.items():
         rows = _target_rows(ids, np.asarray(dataset.stimulus_ids))
@@ -476,7 +484,8 @@ def _ridge_entry(trained, config, study, splits, test_set, test_targets, metric_
     results = ridge_baseline_per_subject(
         {label[s]: brain["train"][s] for s in tested}, {label[s]: targets["train"][s] for s in tested},
         {label[s]: brain["val"][s] for s in tested}, {label[s]: targets["val"][s] for s in tested},
-        {label[s]: brain["test"][s] for s in tested})
+        {label[s]: brain["test"][s] for s in tested},
+        **({} if options.alphas is None else {"alphas": options.alphas}))
     test_subjects = np.asarray(test_set.subject_index)
     predictions = np.zeros_like(test_targets.reshape(len(test_targets), -1), dtype=np.float64)
     for s in tested:
@@ -486,7 +495,9 @@ def _ridge_entry(trained, config, study, splits, test_set, test_targets, metric_
         "alpha": {name: result.alpha for name, result in results.items()},
         "scoring": next(iter(results.values())).scoring,
         "alpha_selection": "validation split of the run",
-        "features": "flattened brain data after the run's transform",
+        "features": "flattened brain data after the run's transform"
+                    + (f", time samples averaged in groups of {options.time_pool}" if options.time_pool > 1 else ""),
+        "n_features": {label[s]: int(brain["train"][s].shape[1]) for s in tested},
         "validation_curves": {name: result.to_dict() for name, result in results.items()},
     }
     return {"kind": "ridge", "parameters": parameters, "metrics": metrics}

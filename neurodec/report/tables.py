@@ -213,36 +213,39 @@ def training_table(history: list[dict]) -> Table:
 def summary_rows(results: dict, n_way: int = 200) -> tuple[list[str], list[list[str]]]:
     """Header and rows of :func:`format_summary_table`."""
     top1, top5 = f"{n_way}-way top-1", f"{n_way}-way top-5"
-    header = ["modality", "model", top1, top5, "chance top-1", "chance top-5", "ridge top-1", "ridge top-5"]
+    header = ["modality", "model", top1, "95% CI", top5, "chance top-1", "chance top-5",
+              "ridge top-1", "ridge 95% CI", "ridge top-5"]
     ridge = {}
     for entry in results["baselines"].values():
         if entry["kind"] == "ridge":
             ridge.setdefault(entry["modality"], entry)
     rows = []
     for name, entry in results["retrieval"].items():
-        metrics = entry["metrics"]
-        means = metrics[BRAIN_TO_STIMULUS]["subject_mean"]
+        metrics = entry["metrics"][BRAIN_TO_STIMULUS]
         baseline = ridge.get(entry["modality"])
-        baseline_means = baseline["metrics"][BRAIN_TO_STIMULUS]["subject_mean"] if baseline else {}
-        chance = metrics["chance"]["pooled"]
-        rows.append([entry["modality"], name, format_percent(means.get(top1)), format_percent(means.get(top5)),
+        baseline_metrics = baseline["metrics"][BRAIN_TO_STIMULUS] if baseline else {"subject_mean": {}, "interval": {}}
+        chance = entry["metrics"]["chance"]["pooled"]
+        rows.append([entry["modality"], name, format_percent(metrics["subject_mean"].get(top1)),
+                     format_interval(metrics["interval"].get(top1)), format_percent(metrics["subject_mean"].get(top5)),
                      format_percent(chance.get(top1)), format_percent(chance.get(top5)),
-                     format_percent(baseline_means.get(top1)), format_percent(baseline_means.get(top5))])
+                     format_percent(baseline_metrics["subject_mean"].get(top1)),
+                     format_interval(baseline_metrics["interval"].get(top1)),
+                     format_percent(baseline_metrics["subject_mean"].get(top5))])
     return header, rows
 
 
 def format_summary_table(results: dict, *, n_way: int = 200) -> str:
     """A short plain-text table: per model, N-way top-1/top-5 brain->stimulus, mean over subjects.
 
-    Columns: modality, model (the entry name), ``{n_way}-way top-1`` and ``top-5`` (percent,
-    mean over subjects as NICE and ATM report), chance, and the ridge baseline of the same
-    modality (the first baseline of kind ``"ridge"``). ``n/a`` where a metric was not
-    computed (e.g. fewer than ``n_way`` test items). Columns are separated by two spaces
-    or more.
+    Columns: modality, model (the entry name), ``{n_way}-way top-1`` with its bootstrap 95%
+    interval and ``top-5`` (percent, mean over subjects as NICE and ATM report), chance, and
+    the ridge baseline of the same modality (the first baseline of kind ``"ridge"``), top-1
+    with its interval. ``n/a`` where a metric was not computed (e.g. fewer than ``n_way``
+    test items). Columns are separated by two spaces or more.
 
     >>> print(format_summary_table(results))   # doctest: +SKIP
-    modality  model       200-way top-1  200-way top-5  chance top-1  chance top-5  ridge top-1  ridge top-5
-    eeg       eeg / nice  15.60          42.80          0.50          2.50          3.10         11.20
+    modality  model       200-way top-1  95% CI          200-way top-5  chance top-1  ...  ridge top-1  ridge 95% CI  ...
+    eeg       eeg / nice  15.60          [13.20, 18.10]  42.80          0.50          ...  3.10         [2.10, 4.20]  ...
     """
     from neurodec.report.schema import validate_results
 
