@@ -371,8 +371,17 @@ class L1Loss(nn.Module):
         return F.l1_loss(brain, target.to(brain.dtype))
 
 
+def _diffusion_prior_loss(**options: Any) -> nn.Module:
+    """:class:`neurodec.models.prior.DiffusionPriorLoss` (the prior trained as a loss term);
+    imported on use, since the prior network lives with the models and needs diffusers."""
+    from neurodec.models.prior import DiffusionPriorLoss
+
+    return DiffusionPriorLoss(**options)
+
+
 _LOSSES: dict[str, Callable[..., nn.Module]] = {
     "clip": ClipLoss,
+    "diffusion_prior": _diffusion_prior_loss,
     "brainmagick_clip": BrainMagickClipLoss,
     "soft_clip": SoftClipLoss,
     "mixco": MixCoLoss,
@@ -385,7 +394,7 @@ def list_losses() -> list[str]:
     """Names usable as loss terms in :class:`WeightedLoss`.
 
     >>> list_losses()
-    ['brainmagick_clip', 'clip', 'l1', 'mixco', 'mse', 'soft_clip']
+    ['brainmagick_clip', 'clip', 'diffusion_prior', 'l1', 'mixco', 'mse', 'soft_clip']
     """
     return sorted(_LOSSES)
 

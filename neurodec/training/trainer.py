@@ -161,13 +161,19 @@ class _Objective(torch.nn.Module):
 
 @contextlib.contextmanager
 def _local_loss(loss: torch.nn.Module):
-    """Compute contrastive terms without gathering (on embeddings gathered already)."""
+    """Compute contrastive terms without gathering (on embeddings gathered already), in eval mode.
+
+    Eval mode turns off what only training should do inside a loss (the diffusion prior's
+    conditioning dropout)."""
     switched = [m for m in loss.modules() if getattr(m, "gather_across_processes", False)]
+    was_training = loss.training
     for module in switched:
         module.gather_across_processes = False
+    loss.eval()
     try:
         yield
     finally:
+        loss.train(was_training)
         for module in switched:
             module.gather_across_processes = True
 
@@ -259,9 +265,11 @@ class _Trainer:
             encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
         self.encoder, self.loss = encoder, loss
         self.objective = _Objective(encoder, loss, use_outputs)
-        decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim < 2]
-        no_decay += [p for p in loss.parameters() if p.requires_grad]  # temperatures are not decayed
+        # Weight matrices are decayed, biases, norms and temperatures (scalars) are not; this
+        # includes networks that live in the loss, such as the diffusion prior.
+        trainable = [p for module in (encoder, loss) for p in module.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim >= 2]
+        no_decay = [p for p in trainable if p.ndim < 2]
         optim = config.optim
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
