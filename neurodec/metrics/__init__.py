@@ -55,3 +55,38 @@ __all__ = [
     "similarity_matrix",
     "topk_chunked",
 ]
+
+# Image-reconstruction metrics (MindEye / MinD-Video recipes); see docs/image-metrics.md.
+from neurodec.metrics.image import (  # noqa: E402
+    IMAGE_FEATURE_NETWORKS,
+    FeatureNetwork,
+    MetricUnavailable,
+    correlation_distance,
+    evaluate_reconstructions,
+    format_image_metrics_table,
+    load_feature_network,
+    locate_feature_weights,
+    pixcorr,
+    random_derangement,
+    ssim_mindeye,
+    ssim_mindvideo,
+    structural_similarity_batch,
+    two_way_identification,
+)
+
+__all__ += [
+    "IMAGE_FEATURE_NETWORKS",
+    "FeatureNetwork",
+    "MetricUnavailable",
+    "correlation_distance",
+    "evaluate_reconstructions",
+    "format_image_metrics_table",
+    "load_feature_network",
+    "locate_feature_weights",
+    "pixcorr",
+    "random_derangement",
+    "ssim_mindeye",
+    "ssim_mindvideo",
+    "structural_similarity_batch",
+    "two_way_identification",
+]
