@@ -247,6 +247,23 @@ def test_open_clip_tag_resolves_from_the_local_hugging_face_cache(tiny_clip_chec
     pictures = list(images(2, seed=5))
     np.testing.assert_array_equal(from_cache.embed(pictures), from_file.embed(pictures))
 
+    # A tag trained with QuickGELU (as OpenAI's) must load into the QuickGELU variant.
+    import open_clip
+    import torch
+
+    from neurodec.targets.image import load_image
+
+    monkeypatch.setitem(open_clip_pretrained._PRETRAINED, TINY_CLIP,
+                        {"lab": {"hf_hub": "neurodec/tiny-clip/"}, "quick": {"hf_hub": "neurodec/tiny-clip/",
+                                                                             "quick_gelu": True}})
+    quick = get_extractor("open_clip", model=TINY_CLIP, pretrained="quick", cache_dir=str(tmp_path))
+    reference = open_clip.create_model(TINY_CLIP, pretrained=str(path), force_quick_gelu=True).eval()
+    assert isinstance(quick.load()[0].visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    with torch.no_grad():
+        expected = reference.encode_image(torch.stack([quick.load()[1](load_image(p)) for p in pictures])).numpy()
+    np.testing.assert_allclose(quick.embed(pictures), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(quick.embed(pictures), from_file.embed(pictures))
+
 
 def test_open_clip_missing_weights_name_the_file_and_how_to_get_it(tmp_path):
     pytest.importorskip("open_clip")

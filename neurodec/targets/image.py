@@ -130,6 +130,10 @@ class OpenClipEmbedding(Extractor):
         # Loading a tag's file by path would lose the tag's preprocessing: pass it on.
         tag_config = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained is not None else {}
         image_preprocess = {f"image_{k}": tag_config[k] for k in _PREPROCESS_KEYS if k in tag_config}
+        # ...and its activation: OpenAI's weights were trained with QuickGELU, which the plain
+        # architecture name (ViT-L-14) does not use; open_clip applies it only for tags.
+        if tag_config.get("quick_gelu"):
+            image_preprocess["force_quick_gelu"] = True
         # Random initialisation draws from torch's global generator: seed a forked copy so
         # an untrained model, and so its cached targets, are reproducible.
         with torch.random.fork_rng(devices=[]):
