@@ -5,10 +5,13 @@ shared ``W_shared`` and a per-subject mixing ``A_s`` (different voxel counts), s
 model trained on two subjects needs only a new linear adapter for a third: adaptation from
 few trials must beat training from scratch on the same trials. (64-d targets from an 8-d
 latent: from 16 trials, scratch measured 6.7 +- 3.8 % 40-way top-1, adapted 26.7 +- 1.4 %.)
+The aligned initialisation is checked against a ridge and a robust scaling written here with
+numpy and scikit-learn, and the anatomical prior against a position-by-position average.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -20,7 +23,7 @@ from neurodec.errors import ConfigError, SplitError, StoreError
 from neurodec.models import create_model, load_pretrained
 from neurodec.store import RecordingData, StoreWriter, event_table, open_store, stimulus_table
 from neurodec.training import adapt, adapt_curve, leave_one_subject_out, train
-from neurodec.training.adaptation import subject_masks, trained_subjects
+from neurodec.training.adaptation import _fit_data, _load_context, subject_masks, trained_subjects
 
 N_TRAIN_POOL, N_TEST, DIM, LATENT = 150, 40, 64, 8
 VOXELS = {"01": 40, "02": 36, "03": 30}
@@ -81,7 +84,9 @@ def run_and_new_subject(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapt")
     store = root / "study.zarr"
     made = write_store(store, ["01", "02"])
-    run = train(load_config(config_dict(store, root / "runs", "shared")))
+    # A per-subject robust scaler, as the demo's fMRI config: the new subject's is fitted on its K trials.
+    run = train(load_config(config_dict(store, root / "runs", "shared",
+                                        transforms=[{"name": "robust_scaler", "per_subject": True}])))
     open_store(store, mode="r+").add_recording(
         subject_recording("03", made["ids"], made["targets"], made["shared"], made["rng"], VOXELS["03"]))
     return {"store": store, "run_dir": run.run_dir}
@@ -130,6 +135,129 @@ def test_adaptation_trains_only_the_new_subject_and_beats_scratch_at_small_k(run
     assert "| 16 |" in (tmp_path / "curve" / "curve.md").read_text()
 
 
+def robust_scaled(rows, fitting_rows):
+    """Per voxel: minus the median, over the interquartile range, both of ``fitting_rows``."""
+    low, median, high = np.percentile(fitting_rows, [25, 50, 75], axis=0)
+    return (rows - median) / np.where(high > low, high - low, 1.0)
+
+
+def stored_trials(study, subject):
+    recording = study.recording(subject=subject)
+    ids = np.asarray(recording.events.to_pandas()["stimulus_id"])
+    return ids, np.asarray(recording.data[:], dtype=np.float64)
+
+
+def test_aligned_initialisation_is_a_ridge_to_the_trained_subjects_latents(run_and_new_subject, tmp_path):
+    from sklearn.linear_model import Ridge
+
+    run_dir, store = run_and_new_subject["run_dir"], run_and_new_subject["store"]
+    result = adapt(run_dir, "03", n_trials=16, seed=0, steps=0, out_dir=tmp_path)  # the initial state alone
+    assert result.steps_done == 0 and result.best_step == 0
+    init = result.init
+    # The test store declares no template space: no anatomical prior, the ridge alone.
+    assert init["init"] == "aligned" and init["anatomical_prior"] is False and init["n_shared_trials"] == 16
+    assert init["init_score"] == min(init["init_scores"].values())  # chosen on the lowest validation loss
+    assert len(init["init_scores"]) == 17 and init["ridge_alpha"] is not None
+
+    # Independently: the trained subjects' latents (their adapter on their robust-scaled voxels,
+    # scaled with statistics of the run's training split), averaged per stimulus.
+    study = open_store(store)
+    base = load_pretrained(run_dir / "best" / "encoder").requires_grad_(False)
+    splits = json.loads((run_dir / "splits.json").read_text())
+    latents: dict[str, list[np.ndarray]] = {}
+    for index, subject in enumerate(["01", "02"]):
+        ids, data = stored_trials(study, subject)
+        scaled = robust_scaled(data, data[np.isin(ids, splits["train"])])
+        latent = scaled @ base.adapters[index].weight.double().numpy().T + base.adapters[index].bias.double().numpy()
+        for row in np.flatnonzero(np.isin(ids, splits["train"])):
+            latents.setdefault(ids[row], []).append(latent[row])
+    # The new subject's K trials, scaled with statistics of those K trials only.
+    ids, data = stored_trials(study, "03")
+    raw = data[[int(np.flatnonzero(ids == stimulus)[0]) for stimulus in result.train_stimuli]]
+    x = robust_scaled(raw, raw)
+    y = np.stack([np.mean(latents[stimulus], axis=0) for stimulus in result.train_stimuli])
+    centred = x - x.mean(axis=0)
+    # RIDGE_ALPHAS are relative to the mean squared singular value of the centred trials.
+    penalty = init["ridge_alpha"] * np.sum(centred ** 2) / np.linalg.matrix_rank(centred)
+    ridge = Ridge(alpha=penalty).fit(x, y)
+    adapter = result.encoder.adapters[2]
+    scale = np.abs(ridge.coef_).max()
+    np.testing.assert_allclose(adapter.weight.double().numpy(), ridge.coef_, atol=1e-4 * scale)
+    np.testing.assert_allclose(adapter.bias.double().numpy(), ridge.intercept_, atol=1e-4 * np.abs(y).max())
+
+    # Before any step, the aligned adapter decodes the new subject well above chance (1/40),
+    # where the fresh (random) adapter does not.
+    fresh = adapt(run_dir, "03", n_trials=16, seed=0, steps=0, init="random", out_dir=tmp_path)
+    assert fresh.init == {"init": "random"} and fresh.metrics["40-way top-1"] < 3 / 40
+    assert result.metrics["40-way top-1"] > 0.3  # measured 0.575
+    assert result.metrics["40-way top-1"] > fresh.metrics["40-way top-1"] + 0.1
+
+
+def test_each_fit_refits_the_transform_on_its_own_raw_trials(run_and_new_subject):
+    """A context serves many fits (adapt_curve): each fit's transform is fitted on its K raw
+    trials, never on trials already transformed by the previous fit's."""
+    context = _load_context(run_and_new_subject["run_dir"], "03")
+    first, _, _ = _fit_data(context, 16, 0)
+    _fit_data(context, 40, 1)
+    again, _, _ = _fit_data(context, 16, 0)
+    assert torch.equal(first["brain"], again["brain"])
+    ids, data = stored_trials(open_store(run_and_new_subject["store"]), "03")
+    raw = data[[int(np.flatnonzero(ids == stimulus)[0]) for stimulus in first["stimulus_id"]]]
+    np.testing.assert_allclose(first["brain"].numpy(), robust_scaled(raw, raw), rtol=1e-5, atol=1e-5)
+
+
+def test_anatomical_prior_averages_the_trained_adapters_at_each_position(run_and_new_subject, tmp_path):
+    """Voxels in one template space: each new voxel's prior column is the mean of the trained
+    subjects' adapter columns at its world position (grids may differ), zero where none."""
+    from neurodec.data import TrialDataset
+    from neurodec.training.adaptation import _anatomical_prior
+
+    rng = np.random.default_rng(5)
+    ids = [f"img-{i}" for i in range(6)]
+    volumes = {"01": (rng.random((3, 3, 3)) < 0.6, np.eye(4)),
+               # sub-02 on a grid one voxel larger in i, shifted so that its voxel i+1 lies at world i
+               "02": (np.pad(rng.random((3, 3, 3)) < 0.6, ((1, 0), (0, 0), (0, 0))), np.diag([1.0, 1, 1, 1])),
+               "03": (np.ones((3, 3, 3), dtype=bool), np.eye(4))}
+    volumes["02"][1][0, 3] = -1.0
+
+    def write(path, spaces):
+        with StoreWriter(path, name="anatomy", overwrite=True) as writer:
+            writer.set_stimuli(stimulus_table(ids, "image", split=["train"] * 6))
+            for subject, (mask, affine) in volumes.items():
+                writer.add_recording(RecordingData(
+                    subject=subject, modality="fmri", layout="fmri",
+                    data=rng.standard_normal((6, int(mask.sum()))).astype(np.float32), events=event_table(ids),
+                    mask=mask, affine=affine, voxel_ijk=np.argwhere(mask), info={"space": spaces[subject]}))
+        return open_store(path)
+
+    counts = [int(volumes[s][0].sum()) for s in ("01", "02", "03")]
+    torch.manual_seed(0)
+    base = create_model("mindeye", n_voxels=counts, n_outputs=8, hidden_dim=6, n_blocks=1, n_tokens=None,
+                        low_level=False, projector=False)
+    template = _load_context(run_and_new_subject["run_dir"], "03")  # a real context, its store swapped below
+
+    def context_for(study):
+        keys = [r.key for r in study.recordings()]
+        return dataclasses.replace(template, study=study, base_encoder=base, subject_labels=["01", "02", "03"],
+                                   trained_recordings=keys[:2], prior=None,
+                                   train_set=TrialDataset(study, recordings=keys[2:]))
+
+    prior = _anatomical_prior(context_for(write(tmp_path / "mni.zarr", {s: "MNI152" for s in volumes})))
+    by_position: dict[tuple, list[np.ndarray]] = {}
+    for index, subject in enumerate(["01", "02"]):
+        mask, affine = volumes[subject]
+        for column, ijk in enumerate(np.argwhere(mask)):
+            world = tuple(int(v) for v in ijk + affine[:3, 3])
+            by_position.setdefault(world, []).append(base.adapters[index].weight[:, column].detach().double().numpy())
+    expected = np.stack([np.mean(by_position[tuple(ijk)], axis=0) if tuple(ijk) in by_position else np.zeros(6)
+                         for ijk in np.argwhere(volumes["03"][0])], axis=1)
+    assert {len(v) for v in by_position.values()} == {1, 2} and len(by_position) < 27  # shared, single, uncovered
+    np.testing.assert_allclose(prior, expected, atol=1e-6)
+    # Spaces that differ (a native one among them): positions do not correspond, no prior.
+    native = write(tmp_path / "native.zarr", {"01": "MNI152", "02": "T1w", "03": "MNI152"})
+    assert _anatomical_prior(context_for(native)) is None
+
+
 def test_errors_name_the_problem(run_and_new_subject, tmp_path):
     run_dir = run_and_new_subject["run_dir"]
     assert trained_subjects(run_dir) == ["01", "02"]
@@ -143,6 +271,10 @@ def test_errors_name_the_problem(run_and_new_subject, tmp_path):
         adapt(run_dir, "03", n_trials=1, steps=5, out_dir=tmp_path)
     with pytest.raises(ConfigError, match="not a finished run folder"):
         adapt(tmp_path, "03", n_trials=16, steps=5)
+    with pytest.raises(ConfigError, match=r"init: expected one of \['aligned', 'random'\], found 'zero'"):
+        adapt(run_dir, "03", n_trials=16, steps=5, init="zero", out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"selection_metric: expected 'val/loss'.*found 'val/accuracy'"):
+        adapt(run_dir, "03", n_trials=16, steps=5, selection_metric="val/accuracy", out_dir=tmp_path)
 
 
 def test_leave_one_subject_out_builds_a_fresh_model_in_every_fold(tmp_path):

@@ -9,6 +9,16 @@ best state on the new subject's validation stimuli is kept (early stopping), and
 stimuli (repetitions averaged as the run's config says) are scored with
 :func:`neurodec.metrics.evaluate_retrieval`.
 
+The new subject's adapter does not start at random where the trained subjects can say more
+(``init="aligned"``, the default; fMRI encoders whose per-subject stage is one linear map of
+the voxels, as MindEye's): an *anatomical prior*, each new voxel's weights being the mean of
+the trained subjects' adapter weights for voxels at the same position (only when every
+recording declares the same template space), plus a *functional* ridge correction fitted on
+the K trials towards the trained subjects' latents of the same stimuli (their adapters on
+their own responses, averaged). The penalty, or the prior alone, is chosen on the new
+subject's validation stimuli by the rule of early stopping (by default the validation loss),
+and the chosen initial state competes with the fine-tuned ones.
+
 The reference is a model trained from scratch on the same ``K`` trials, with the same steps,
 batches and early stopping (:func:`adapt_curve`), and :func:`leave_one_subject_out` trains one
 new run per held-out subject (a fresh model every fold) and adapts it to that subject.
@@ -48,6 +58,14 @@ DEFAULT_PATIENCE = 5
 #: Validations over one adaptation (every ``steps // VALIDATIONS_PER_FIT`` steps, at least 1).
 VALIDATIONS_PER_FIT = 20
 DEFAULT_GRID = (25, 50, 100, 200, 400)
+#: How the new subject's weights start: ``"aligned"`` (from the trained subjects: an anatomical
+#: prior and a ridge fit to their latents, see the module docstring) or ``"random"`` (the fresh
+#: model's own initialisation).
+INITIALISATIONS = ("aligned", "random")
+#: Early stopping (and the choice among initial states) when ``selection_metric`` is not given:
+#: the contrastive loss over all validation items, far less noisy than an N-way top-1 over a
+#: few dozen items (docs/adaptation.md).
+DEFAULT_SELECTION = "val/loss"
 RESULT_FILE = "adapt.json"
 CURVE_FILE, CURVE_MARKDOWN = "curve.json", "curve.md"
 LOSO_FILE = "loso.json"
@@ -61,7 +79,10 @@ class AdaptResult:
 
     ``metrics`` are the test scores of the selected (best on validation) state:
     ``"<N>-way top-1"`` (N = 200, or the number of test items when fewer) and
-    ``"full-set top-1"``, brain -> stimulus, plus ``"n_way"``. ``encoder`` holds the
+    ``"full-set top-1"``, brain -> stimulus, plus ``"n_way"``. ``init`` says how the new
+    subject's weights started (``"aligned"`` with the candidate chosen and the validation score
+    of each, or ``"random"``, with ``init_note`` saying why where aligned was asked for);
+    ``train_stimuli`` lists the stimulus ids of the K training items. ``encoder`` holds the
     selected state (not in :meth:`to_dict`).
     """
 
@@ -80,6 +101,8 @@ class AdaptResult:
     n_trained_parameters: int
     n_test_items: int
     run_dir: str
+    init: dict[str, Any] = field(default_factory=dict)
+    train_stimuli: list[str] = field(default_factory=list)
     encoder: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +127,12 @@ class _Context:
     train_set: Any
     val_set: Any
     test_set: Any
+    study: Any = None
+    subject_labels: list[str] = field(default_factory=list)
+    splits: dict[str, Any] = field(default_factory=dict)
+    trained_recordings: list[str] = field(default_factory=list)
+    reference: Any = None  # the trained subjects' latents per stimulus, computed on first use
+    prior: Any = None  # the anatomical prior of the new subject's adapter, computed on first use
 
 
 def _run_config(run_dir: Path) -> ExperimentConfig:
@@ -207,7 +236,9 @@ def _load_context(run_dir: str | os.PathLike, subject: str) -> _Context:
     loss_state = load_file(str(run_dir / "best" / checkpoints.LOSS_FILE))
     return _Context(run_dir=run_dir, config=config, subject=subject, subject_index=index, base_encoder=base,
                     loss_state=loss_state, trained_subjects=trained, encoder_config=encoder_config,
-                    positions=positions, train_set=train_set, val_set=val_set, test_set=test_set)
+                    positions=positions, train_set=train_set, val_set=val_set, test_set=test_set, study=study,
+                    subject_labels=labels, splits=splits,
+                    trained_recordings=list(record.get("train", {}).get("recordings", record["recordings"])))
 
 
 # ---------------------------------------------------------------------- the encoders
@@ -302,6 +333,172 @@ def _frozen_norms_to_eval(encoder) -> None:
             module.eval()
 
 
+# ---------------------------------------------------------------------- aligned initialisation
+#: Penalties of the aligned initialisation's ridge, as multiples of the mean squared singular
+#: value of the new subject's centred (K, voxels) matrix; one is chosen on validation stimuli.
+RIDGE_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-4.0, 4.01, 0.5))
+
+
+def _linear_subject_stage(encoder, index: int) -> torch.nn.Linear | None:
+    """The subject's own stage when it is one linear map of its voxels (MindEye's adapters)."""
+    adapters = getattr(encoder, "adapters", None)
+    if getattr(encoder, "input_kind", None) != "fmri" or adapters is None or index >= len(adapters):
+        return None
+    module = adapters[index]
+    return module if type(module) is torch.nn.Linear else None
+
+
+def _reference_latents(context: _Context) -> dict[str, np.ndarray] | None:
+    """Per stimulus id of the run's training split, the trained subjects' mean latent: each
+    trained subject's own adapter on its own responses (transformed by the run's transform,
+    repetitions averaged), averaged over the trained subjects that saw the stimulus. None
+    where the run's encoder has no linear per-subject stage."""
+    if context.reference is not None:
+        return context.reference or None
+    from neurodec.data import TrialDataset
+    from neurodec.data.transforms import load_transform
+    from neurodec.training._setup import TRANSFORM_FOLDER
+
+    base = context.base_encoder
+    labels = list(context.subject_labels)
+    if _linear_subject_stage(base, 0) is None:
+        context.reference = {}
+        return None
+    transform = load_transform(context.run_dir / TRANSFORM_FOLDER) if context.config.data.transforms else None
+    dataset = TrialDataset(context.study, recordings=context.trained_recordings,
+                           stimuli=list(context.splits["train"]), average_repetitions=True, transform=transform)
+    if list(dataset.subject_labels[: len(labels)]) != labels:  # the run's subject indices no longer hold
+        logger.warning("the store's subjects %s no longer start with the run's %s: the trained subjects' latents "
+                       "are not used to initialise sub-%s", dataset.subject_labels, labels, context.subject)
+        context.reference = {}
+        return None
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    with torch.no_grad():
+        for begin in range(0, len(dataset), 256):
+            batch = dataset.read_batch(np.arange(begin, min(begin + 256, len(dataset))))
+            for subject in np.unique(batch["subject"]).tolist():
+                rows = np.flatnonzero(batch["subject"] == subject)
+                voxels = torch.from_numpy(np.stack([batch["brain"][r] for r in rows]).astype(np.float32))
+                latents = base.adapters[subject](voxels).double().numpy()
+                for row, latent in zip(rows.tolist(), latents):
+                    key = batch["stimulus_id"][row]
+                    sums[key] = sums.get(key, 0.0) + latent
+                    counts[key] = counts.get(key, 0) + 1
+    context.reference = {key: (total / counts[key]).astype(np.float32) for key, total in sums.items()}
+    return context.reference
+
+
+def _ridge_path(x: np.ndarray, y: np.ndarray):
+    """Closed-form ridge from ``x`` (n, features) to ``y`` (n, outputs) with an unpenalised
+    intercept, for each relative penalty: ``(x_mean, y_mean, right, left, singular, scale)``
+    such that the weights for ``alpha`` are ``right @ diag(s / (s**2 + alpha * scale)) @ left``
+    (the SVD of the centred ``x``: dual form, cheap when n << features)."""
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    u, singular, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+    keep = singular > singular.max() * 1e-10
+    u, singular, vt = u[:, keep], singular[keep], vt[keep]
+    scale = float(np.mean(singular ** 2))
+    return x_mean, y_mean, vt.T, u.T @ (y - y_mean), singular, scale
+
+
+def _anatomical_prior(context: _Context) -> np.ndarray | None:
+    """The new subject's adapter weights (hidden, voxels) read off the trained subjects' adapters
+    at the same position in a common space: each new voxel gets the mean of the trained
+    subjects' adapter columns of voxels at its position (within half a voxel), zero where no
+    trained subject has one. None unless every recording declares the same template space
+    (``info["space"]``): in native spaces, positions do not correspond across subjects."""
+    if context.prior is not None:
+        return context.prior if context.prior.size else None
+    from scipy.spatial import cKDTree
+
+    context.prior = np.empty(0)
+    base, labels = context.base_encoder, list(context.subject_labels)
+    new_recording = context.study.recording(context.train_set.recording_keys[0])
+    recordings = [context.study.recording(key) for key in context.trained_recordings]
+    spaces = {str((r.attrs.get("info") or {}).get("space", "")) for r in recordings + [new_recording]}
+    if len(spaces) != 1 or "" in spaces or new_recording.voxel_ijk is None:
+        logger.info("no anatomical prior for sub-%s: the recordings declare spaces %s, one common template "
+                    "space is needed", context.subject, sorted(spaces))
+        return None
+
+    def world(recording) -> np.ndarray:
+        ijk = np.asarray(recording.voxel_ijk, dtype=np.float64)
+        affine = np.asarray(recording.affine, dtype=np.float64)
+        return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+    target = world(new_recording)
+    total = np.zeros((base.adapters[0].out_features, len(target)))
+    count = np.zeros(len(target))
+    for recording in recordings:
+        index = labels.index(recording.subject)
+        half_voxel = 0.5 * float(np.min(np.linalg.norm(np.asarray(recording.affine)[:3, :3], axis=0)))
+        distance, column = cKDTree(world(recording)).query(target, distance_upper_bound=half_voxel)
+        found = np.isfinite(distance)
+        weight = base.adapters[index].weight.detach().double().cpu().numpy()
+        total[:, found] += weight[:, column[found]]
+        count[found] += 1
+    if not count.any():
+        return None
+    context.prior = total / np.maximum(count, 1)
+    logger.info("anatomical prior for sub-%s: %.0f%% of its voxels have a trained subject's voxel at their position",
+                context.subject, 100 * np.mean(count > 0))
+    return context.prior
+
+
+def _initialise_new_subject(context: _Context, encoder, train: dict, score: Callable[[], float],
+                            maximise: bool) -> dict[str, Any]:
+    """Set the new subject's linear adapter from what the trained subjects give (see module doc).
+
+    Candidates: the anatomical prior alone, and the prior plus a ridge correction (for each
+    penalty of :data:`RIDGE_ALPHAS`) fitted on the K trials whose stimuli the trained subjects
+    saw, towards their latents; the candidate with the best ``score()`` (the validation rule
+    of early stopping) is kept. Falls back to the fresh (random) initialisation when neither
+    a prior nor two shared stimuli exist."""
+    stage = _linear_subject_stage(encoder, context.subject_index)
+    if stage is None:
+        return {"init": "random", "init_note": "the new subject's weights are not one linear map of its voxels"}
+    prior = _anatomical_prior(context)
+    reference = _reference_latents(context)
+    shared = np.array([reference is not None and key in reference for key in train["stimulus_id"]])
+    if prior is None and shared.sum() < 2:
+        return {"init": "random", "init_note": f"no common space and {int(shared.sum())} training stimuli shared "
+                                               f"with the trained subjects"}
+    prior = np.zeros((stage.out_features, stage.in_features)) if prior is None else prior
+    candidates: list[tuple[float | None, np.ndarray, np.ndarray]] = []  # (ridge penalty or None, weight, bias)
+    if shared.sum() >= 2:
+        x = train["brain"][torch.from_numpy(shared)].double().numpy()
+        y = np.stack([reference[key] for key in train["stimulus_id"][shared]]).astype(np.float64)
+        # Ridge on what the prior leaves unexplained, so the penalty shrinks towards the prior
+        # (towards zero without one); the intercept is not penalised.
+        x_mean, residual_mean, right, left, singular, scale = _ridge_path(x, y - x @ prior.T)
+        if prior.any():
+            candidates.append((None, prior, residual_mean))
+        for alpha in sorted(RIDGE_ALPHAS, reverse=True):  # ties go to the more regularised
+            correction = right @ ((singular / (singular ** 2 + alpha * scale))[:, None] * left)  # (voxels, hidden)
+            candidates.append((alpha, prior + correction.T, residual_mean - x_mean @ correction))
+    else:
+        bias = np.mean([context.base_encoder.adapters[context.subject_labels.index(s)].bias.detach().double().numpy()
+                        for s in context.trained_subjects], axis=0)
+        candidates.append((None, prior, bias))
+    scores = []
+    for _, weight, bias in candidates:
+        with torch.no_grad():
+            stage.weight.copy_(torch.from_numpy(weight))
+            stage.bias.copy_(torch.from_numpy(bias))
+        scores.append(float(score()))
+    finite = [v if math.isfinite(v) else -math.inf for v in (scores if maximise else [-v for v in scores])]
+    best = int(np.argmax(finite))  # the first best: ties go to the more regularised candidate
+    alpha, weight, bias = candidates[best]
+    with torch.no_grad():
+        stage.weight.copy_(torch.from_numpy(weight))
+        stage.bias.copy_(torch.from_numpy(bias))
+    names = ["prior" if a is None else f"ridge alpha={a:g}" for a, _, _ in candidates]
+    return {"init": "aligned", "init_choice": names[best], "ridge_alpha": alpha, "init_score": scores[best],
+            "anatomical_prior": bool(prior.any()), "n_shared_trials": int(shared.sum()),
+            "init_scores": dict(zip(names, scores))}
+
+
 # ---------------------------------------------------------------------- data in memory
 def _read(dataset, items: Sequence[int], subject_index: int) -> dict[str, torch.Tensor]:
     batch = dataset.read_batch(list(items))
@@ -310,6 +507,7 @@ def _read(dataset, items: Sequence[int], subject_index: int) -> dict[str, torch.
         "target": torch.from_numpy(np.asarray(batch["target"], dtype=np.float32)),
         "subject": torch.full((len(items),), subject_index, dtype=torch.int64),
         "stimulus": np.asarray(batch["stimulus"]),
+        "stimulus_id": np.asarray(batch["stimulus_id"]),
     }
 
 
@@ -330,6 +528,8 @@ def _fit_data(context: _Context, n_trials: int, seed: int):
                          f"training split")
     chosen = np.sort(np.random.default_rng(seed).choice(available, size=n_trials, replace=False))
     transform = build_transform(context.config)
+    for dataset in (context.train_set, context.val_set, context.test_set):
+        dataset.transform = None  # the previous fit's transform must not be fitted over again
     if transform is not None:
         raw = context.train_set.read_batch(chosen.tolist())
         transform.fit(np.asarray(raw["brain"], dtype=np.float32), conditions=np.asarray(raw["stimulus"]),
@@ -342,9 +542,17 @@ def _fit_data(context: _Context, n_trials: int, seed: int):
 
 
 # ---------------------------------------------------------------------- fitting
-def _selection(config: ExperimentConfig, n_val: int) -> tuple[str, str, dict[str, Any]]:
-    """The selection metric, its mode and the evaluate_retrieval arguments that compute it."""
-    name, mode = config.train.selection_metric, config.train.mode
+def _selection(config: ExperimentConfig, n_val: int, metric: str | None = DEFAULT_SELECTION
+               ) -> tuple[str, str, dict[str, Any]]:
+    """The selection metric (``metric``, or the run's ``train.selection_metric`` when None), its
+    mode and the evaluate_retrieval arguments that compute it."""
+    if metric is None:
+        name, mode = config.train.selection_metric, config.train.mode
+    else:
+        name, mode = metric, "min" if metric == "val/loss" else "max"
+        if metric != "val/loss" and _METRIC.match(metric) is None:
+            raise ConfigError(f"selection_metric: expected 'val/loss', 'val/<N>-way top-<k>' or 'val/full-set "
+                              f"top-<k>' (or None for the run's train.selection_metric), found {metric!r}")
     match = _METRIC.match(name)
     if match is None:
         return "val/loss", "min", {}
@@ -407,7 +615,8 @@ def _test_scores(encoder, test: dict[str, torch.Tensor], config: ExperimentConfi
             full_set_name(1): float(pooled[full_set_name(1)]), "n_way": n_way}
 
 
-def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str) -> AdaptResult:
+def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str, init: str = "aligned",
+             selection_metric: str | None = DEFAULT_SELECTION) -> AdaptResult:
     """Adapt (frozen shared model, new subject's weights only) or train from scratch (everything)."""
     from neurodec.losses import WeightedLoss, mixco
     from neurodec.training._distributed import Processes
@@ -434,6 +643,14 @@ def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str)
     uses_mixco = any((spec.get("loss", name) if isinstance(spec, dict) else name) == "mixco"
                      for name, spec in config.loss.terms.items())
     objective = _Objective(encoder, loss, use_outputs)
+    selection, selection_mode, options = _selection(config, len(val["target"]), selection_metric)
+    initialisation: dict[str, Any] = {"init": "random"}
+    if mode == "adapted" and init == "aligned":
+        def score() -> float:  # early stopping's rule picks the initial state too
+            return _validate(objective, val, config, options, context.subject, device)[selection]
+
+        initialisation = _initialise_new_subject(context, encoder, train, score, selection_mode == "max")
+        _frozen_norms_to_eval(encoder)
     decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim < 2]
     no_decay += [p for p in loss.parameters() if p.requires_grad]
@@ -443,7 +660,6 @@ def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str)
                                   lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps)
     frozen_copies = [(p, copy.to(device), ~masks[name].to(device)) for name, (p, copy) in partial.items()]
 
-    selection, selection_mode, options = _selection(config, len(val["target"]))
     patience = config.train.early_stopping_patience or DEFAULT_PATIENCE
     val_every = max(1, steps // VALIDATIONS_PER_FIT)
     batch_size = min(config.train.batch_size, n_trials)
@@ -451,7 +667,23 @@ def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str)
     torch.manual_seed(seed)
     queue: list[int] = []
     best_value, best_step, best_state, bad, stopped = None, 0, None, 0, False
+
+    def validate_and_keep(step: int) -> bool:
+        """Validate; keep the state when it is the best so far; True when patience ran out."""
+        nonlocal best_value, best_step, best_state, bad
+        value = _validate(objective, val, config, options, context.subject, device)[selection]
+        if mode == "adapted":
+            _frozen_norms_to_eval(encoder)
+        if math.isfinite(value) and (best_value is None or (
+                value > best_value if selection_mode == "max" else value < best_value)):
+            best_value, best_step, bad = value, step, 0
+            best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+            return False
+        bad += 1
+        return bad >= patience
+
     step = 0
+    validate_and_keep(0)  # the initial state is a candidate too (an aligned initialisation is often the best)
     while step < steps:
         if len(queue) < batch_size:
             queue += order.permutation(n_trials).tolist()
@@ -473,19 +705,9 @@ def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str)
             for p, copy, shared in frozen_copies:
                 p[shared] = copy[shared]
         step += 1
-        if step % val_every == 0 or step == steps:
-            value = _validate(objective, val, config, options, context.subject, device)[selection]
-            if mode == "adapted":
-                _frozen_norms_to_eval(encoder)
-            if math.isfinite(value) and (best_value is None or (
-                    value > best_value if selection_mode == "max" else value < best_value)):
-                best_value, best_step, bad = value, step, 0
-                best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= patience:
-                    stopped = True
-                    break
+        if (step % val_every == 0 or step == steps) and validate_and_keep(step):
+            stopped = True
+            break
     if best_state is not None:
         encoder.load_state_dict(best_state)
     encoder.requires_grad_(False)
@@ -497,7 +719,8 @@ def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str)
                        subject_index=context.subject_index,
                        n_trained_parameters=int(sum(int(m.sum()) for m in masks.values()) if mode == "adapted"
                                                 else sum(p.numel() for p in trained)),
-                       n_test_items=len(test["target"]), run_dir=str(context.run_dir), encoder=encoder)
+                       n_test_items=len(test["target"]), run_dir=str(context.run_dir), init=initialisation,
+                       train_stimuli=[str(key) for key in train["stimulus_id"]], encoder=encoder)
 
 
 def _default_out_dir(run_dir: Path, subject: str) -> Path:
@@ -520,6 +743,8 @@ def adapt(
     seed: int = 0,
     steps: int | None = None,
     out_dir: str | os.PathLike | None = None,
+    init: str = "aligned",
+    selection_metric: str | None = DEFAULT_SELECTION,
 ) -> AdaptResult:
     """Adapt a trained run to a new subject from ``n_trials`` of its training trials.
 
@@ -532,6 +757,13 @@ def adapt(
     transforms, ``transform/`` (fitted on the K trials) to ``out_dir/k<K>-seed<s>/``
     (``out_dir`` defaults to ``run_dir/adapt-sub-<subject>``).
 
+    ``init="aligned"`` (default) starts a linear fMRI adapter from the trained subjects: their
+    adapter weights at the new subject's voxel positions (when all recordings declare one
+    template space), corrected by a ridge fit from the K trials to the trained subjects'
+    latents of the same stimuli; ``init="random"`` keeps the fresh initialisation (see
+    ``AdaptResult.init`` for what was used). ``selection_metric`` drives early stopping and the
+    choice of initial state (default ``"val/loss"``; None: the run's ``train.selection_metric``).
+
     Errors: a subject the run trained on (:class:`ConfigError`), one absent from the store
     (:class:`StoreError`), more trials than the subject has in the training split
     (:class:`SplitError`; :func:`adapt_curve` caps its grid instead).
@@ -539,8 +771,9 @@ def adapt(
     >>> result = adapt("runs/fmri", "04", n_trials=50, seed=0)     # doctest: +SKIP
     >>> result.metrics["200-way top-1"], result.n_trained_parameters   # doctest: +SKIP
     """
+    _check_init(init)
     context = _load_context(run_dir, subject)
-    result = _fit_one(context, int(n_trials), int(seed), int(steps or DEFAULT_STEPS), "adapted")
+    result = _fit_one(context, int(n_trials), int(seed), int(_steps(steps)), "adapted", init, selection_metric)
     folder = Path(out_dir) if out_dir is not None else _default_out_dir(context.run_dir, context.subject)
     folder = folder / f"k{result.n_trials}-seed{result.seed}"
     result.encoder.save_pretrained(folder / "encoder")
@@ -548,6 +781,18 @@ def adapt(
         context.train_set.transform.save(folder / "transform")
     _write_json(folder / RESULT_FILE, result.to_dict())
     return result
+
+
+def _check_init(init: str) -> None:
+    if init not in INITIALISATIONS:
+        raise ConfigError(f"init: expected one of {list(INITIALISATIONS)}, found {init!r}")
+
+
+def _steps(steps: int | None) -> int:
+    """``steps``, :data:`DEFAULT_STEPS` when None; 0 scores the initial state alone."""
+    if steps is not None and int(steps) < 0:
+        raise ConfigError(f"steps: expected a number of optimisation steps >= 0, found {steps}")
+    return DEFAULT_STEPS if steps is None else int(steps)
 
 
 def _grid(grid: Sequence[int], available: int) -> list[int]:
@@ -565,12 +810,15 @@ def adapt_curve(
     seeds: Sequence[int] = (0, 1, 2),
     steps: int | None = None,
     out_dir: str | os.PathLike | None = None,
+    init: str = "aligned",
+    selection_metric: str | None = DEFAULT_SELECTION,
 ) -> dict[str, Any]:
     """Adapted vs from-scratch test accuracy of a new subject for each K in ``grid``, over ``seeds``.
 
     For each K and seed, both fits use the same K trials, batches, steps and early stopping;
     the from-scratch model is the same architecture, freshly initialised, everything trained.
-    K values above the available training items are capped (with a warning). Writes
+    ``init`` and ``selection_metric`` as :func:`adapt` (the selection rule applies to both fits;
+    ``init`` to the adapted one only). K values above the available training items are capped (with a warning). Writes
     ``curve.json`` and ``curve.md`` to ``out_dir`` (default ``run_dir/adapt-sub-<subject>``).
 
     Returns ``{"subject", "run_dir", "metric", "grid", "seeds", "steps", "available_trials",
@@ -584,13 +832,14 @@ def adapt_curve(
 
     if len(seeds) < 1:
         raise ConfigError("seeds: give at least one seed (three or more for a standard deviation)")
+    _check_init(init)
     context = _load_context(run_dir, subject)
     ks = _grid(grid, _available_trials(context))
-    steps = int(steps or DEFAULT_STEPS)
+    steps = _steps(steps)
     runs: list[AdaptResult] = []
     jobs = [(k, seed, mode) for k in ks for seed in seeds for mode in ("adapted", "scratch")]
     for k, seed, mode in progress(jobs, f"adapting to sub-{context.subject}"):
-        result = _fit_one(context, k, int(seed), steps, mode)
+        result = _fit_one(context, k, int(seed), steps, mode, init, selection_metric)
         result.encoder = None  # keep memory flat over the grid
         runs.append(result)
     metric = next(name for name in runs[0].metrics if name.endswith("-way top-1"))
@@ -607,7 +856,8 @@ def adapt_curve(
             by_k[str(k)][mode] = {**summary[metric], **{"full-set top-1": summary["full-set top-1"]}}
     curve = {"subject": context.subject, "run_dir": str(context.run_dir), "metric": metric, "grid": ks,
              "seeds": [int(s) for s in seeds], "steps": steps, "available_trials": _available_trials(context),
-             "trained_subjects": context.trained_subjects, "by_k": by_k, "runs": [r.to_dict() for r in runs]}
+             "trained_subjects": context.trained_subjects, "init": init,
+             "selection_metric": runs[0].selection_metric, "by_k": by_k, "runs": [r.to_dict() for r in runs]}
     folder = Path(out_dir) if out_dir is not None else _default_out_dir(context.run_dir, context.subject)
     _write_json(folder / CURVE_FILE, curve)
     from neurodec.training._logs import _write_text_atomically
@@ -621,7 +871,9 @@ def curve_markdown(curve: dict[str, Any]) -> str:
     metric = curve["metric"]
     lines = [f"# New-subject adaptation: sub-{curve['subject']}", "",
              f"Run `{curve['run_dir']}` (trained on {', '.join(curve['trained_subjects'])}); test {metric}, "
-             f"mean +- sd over seeds {curve['seeds']}; {curve['steps']} steps, early stopping on validation.", "",
+             f"mean +- sd over seeds {curve['seeds']}; {curve['steps']} steps, early stopping on "
+             f"{curve.get('selection_metric', 'validation')}; adapter initialisation: {curve.get('init', 'random')}.",
+             "",
              "| K trials | adapted (frozen shared model) | from scratch | full-set top-1 adapted "
              "| full-set top-1 scratch |",
              "|---:|---:|---:|---:|---:|"]
