@@ -340,6 +340,11 @@ def test_an_existing_run_with_another_config_is_not_resumed(fmri, tmp_path):
         train(load_config(document, ["optim.lr=1e-2"]))
     with pytest.raises(ConfigError, match="a run folder exists there"):
         train(load_config(document), resume=False)
+    # Evaluation and reconstruction settings are read after training: they may change, and the
+    # saved config then holds the new values for `neurodec evaluate` to read.
+    again = train(load_config(document, ["evaluation.ridge.time_pool=5", "reconstruction.strength=0.5"]))
+    saved = load_config(again.run_dir / "config.yaml")
+    assert saved.evaluation.ridge.time_pool == 5 and saved.reconstruction.strength == 0.5
 
 
 # ------------------------------------------------------------ continuous M/EEG

@@ -45,7 +45,9 @@ RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
 BEST, LAST = "best", "last"
 # Keys that may change between a run and its resumption without changing its result.
-_RESUME_FREE = {("output",), ("train", "num_workers"), ("train", "device")}
+# Keys that change neither the data nor the optimisation: a run may resume with other values
+# (the evaluation and reconstruction settings are read after training, from the saved config).
+_RESUME_FREE = {("output",), ("train", "num_workers"), ("train", "device"), ("evaluation",), ("reconstruction",)}
 
 
 @dataclass
