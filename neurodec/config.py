@@ -284,6 +284,23 @@ class EvaluationConfig(_Section):
     ridge: RidgeBaselineConfig = Field(default_factory=RidgeBaselineConfig)
 
 
+class ReconstructionConfig(_Section):
+    """How ``neurodec reconstruct`` turns a run's brain embeddings into images (docs/reconstruction.md)."""
+
+    decoder: str | None = None            # a saved image decoder folder (neurodec train-decoder)
+    prior: bool = False                   # sample the run's diffusion_prior term first
+    low_level: bool = True                # ridge brain embedding -> blurry image, then img2img
+    low_level_size: int = Field(16, ge=2)  # side of the blurry image the ridge predicts
+    strength: float = Field(0.75, gt=0, le=1)  # img2img: how far into the schedule the blurry image is noised
+    num_inference_steps: int | None = Field(None, ge=1)   # default: the decoder's
+    guidance_scale: float | None = Field(None, ge=0)      # default: the decoder's
+    scheduler: str | None = None          # a diffusers scheduler class name; default: the decoder's
+    seed: int = 0                         # item i is generated from seed + i
+    batch_size: int = Field(32, ge=1)
+    items_per_subject: int | None = Field(None, ge=1)  # the first items of each subject only (None: all)
+    max_items: int | None = Field(None, ge=1)  # then the first items of the split only (None: all)
+
+
 class ExperimentConfig(_Section):
     """The whole experiment. See ``docs/training.md`` for every key."""
 
@@ -294,6 +311,7 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    reconstruction: ReconstructionConfig = Field(default_factory=ReconstructionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON/YAML values (model arguments included)."""

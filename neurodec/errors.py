@@ -98,3 +98,7 @@ class RunFolderError(NeurodecError, FileNotFoundError):
 
 class UnknownSubjectError(NeurodecError, ValueError):
     """A subject the trained encoder has no subject-specific weights for."""
+
+
+class DecoderInputError(NeurodecError, ValueError):
+    """Images or embeddings handed to an image decoder or generator have the wrong shape, type or count."""

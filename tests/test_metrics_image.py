@@ -138,8 +138,16 @@ def test_pixcorr_rejects_bad_inputs():
         pixcorr(images.astype(np.float32), images)
     with pytest.raises(MetricInputError, match=r"\(N, H, W, 3\)"):
         pixcorr(images[..., 0], images[..., 0])
-    with pytest.raises(MetricInputError, match="constant image"):
-        pixcorr(images, noisy(images, 40.0, seed=1))
+
+    # A constant (blank) image has no pattern: scored 0, not an error and not a success.
+    noisy_truths = noisy(images, 40.0, seed=1)
+    assert pixcorr(images, noisy_truths).tolist() == [0.0, 0.0]
+    one_blank = noisy(images, 40.0, seed=2)
+    one_blank[1] = 7
+    values = pixcorr(one_blank, noisy_truths)
+    # ...and leaves the other pairs' values as they are alone.
+    assert values[1] == 0.0 and values[0] == pytest.approx(pixcorr(one_blank[:1], noisy_truths[:1])[0], abs=1e-12)
+    assert values[0] > 0.05
 
 
 # ------------------------------------------------------------------------------ SSIM

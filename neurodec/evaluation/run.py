@@ -147,19 +147,21 @@ class TrainedEncoder:
                 f"layers first with `neurodec adapt` (trains the new subject's adapter on a little of its data)")
         return self.subject_labels.index(subject)
 
-    def _check_trials(self, data: np.ndarray, index: int) -> None:
+    def _check_trials(self, data: np.ndarray, index: int, raw_shape: tuple[int, ...]) -> None:
+        """``data``: (a trial of) the input; the error names the raw shape the user gave."""
         label = self.subject_labels[index]
         if self.input_kind == "fmri":
             expected = self.encoder.n_voxels[index]
             if data.ndim != 2 or data.shape[1] != expected:
                 raise MetricInputError(f"trials: expected (n_trials, {expected}) voxels of subject {label!r} "
-                                       f"(as in training), found shape {data.shape}")
+                                       f"(as in training), found shape {raw_shape}")
             return
+        after = "" if self.transform is None else f" after the run's transform (which gave {data.shape[1:]})"
         n_chans, n_times = self.encoder.n_chans, self.encoder.n_times
         if data.ndim != 3 or (n_chans is not None and data.shape[1] != n_chans) or (
                 n_times is not None and data.shape[2] != n_times):
-            raise MetricInputError(f"trials: expected (n_trials, {n_chans}, {n_times}) (channels x times, as in "
-                                   f"training), found shape {data.shape}")
+            raise MetricInputError(f"trials: expected {n_chans} channels x {n_times} times (as in training){after}, "
+                                   f"found shape {raw_shape}")
 
     def embed(self, trials, subject: str | None = None, *, batch_size: int = 256) -> np.ndarray:
         """Embed raw trials of one subject: the saved transform, then the model (eval mode, no grad).
@@ -177,7 +179,18 @@ class TrainedEncoder:
 
         index = self.subject_index(subject)
         data = np.asarray(trials, dtype=np.float32)
-        self._check_trials(data, index)
+        # The model's input shape is the shape after the run's transform (e.g. temporal_pool).
+        first = data[:1]
+        if self.input_kind == "fmri":  # voxel transforms keep the voxel count: check before transforming
+            self._check_trials(first, index, data.shape)
+        if self.transform is not None and len(first):
+            try:
+                first = self.transform.transform(first, subjects=np.full(1, index, dtype=np.int64))
+            except (ValueError, IndexError, NeurodecError) as error:
+                raise MetricInputError(f"trials of shape {data.shape}: the run's transform cannot read them "
+                                       f"({' '.join(str(error).split())}); give trials shaped as the training "
+                                       f"data") from None
+        self._check_trials(first, index, data.shape)
         if batch_size < 1:
             raise ConfigError(f"batch_size: expected >= 1, found {batch_size}")
         self.encoder.eval()
@@ -521,6 +534,8 @@ def evaluate_run(
     store: str | os.PathLike | None = None,
     device: str | None = None,
     batch_size: int = 256,
+    reconstructions: bool | str | os.PathLike = "auto",
+    image_networks: Sequence[str] = ("efficientnet-lite0",),
 ) -> dict[str, Any]:
     """Score a trained run on its test split and write report.json / .md / .html.
 
@@ -534,6 +549,13 @@ def evaluate_run(
     flattened, transformed brain data to the targets, alpha chosen on the run's validation
     split, is scored the same way. ``store`` points to the study store when it moved since
     training. The report goes to ``out_dir`` (default ``run_dir/report``).
+
+    Images: when ``neurodec reconstruct`` wrote ``run_dir/reconstructions/<split>/``
+    (``reconstructions="auto"``; ``True`` requires it, a path names another folder, ``False``
+    skips it), the report gains an image section: PixCorr, both SSIM recipes, the paper's
+    2-way identifications (unavailable where their weights are missing) plus 2-way in each
+    of ``image_networks``, next to a shuffled-pairing baseline
+    (:func:`neurodec.evaluation.reconstruct.score_reconstructions`).
 
     Returns the results dict of docs/reports.md (JSON-ready; what ``report.json`` holds).
 
@@ -618,6 +640,16 @@ def evaluate_run(
                                                  rows=f"brain embeddings (subject {subjects[0]}, {split})",
                                                  columns=f"{trained.target_key} embeddings"),
     }
+    folder = run_dir / "reconstructions" / split if reconstructions is True or reconstructions == "auto" else (
+        Path(reconstructions) if reconstructions else None)
+    if folder is not None and (reconstructions is not True and not (folder / "index.json").exists()):
+        folder = None  # "auto": only when `neurodec reconstruct` wrote this split
+    if folder is not None:
+        from neurodec.evaluation.reconstruct import load_reconstructions, score_reconstructions
+
+        scores = score_reconstructions(load_reconstructions(folder), extra_networks=image_networks,
+                                       n_bootstrap=n_bootstrap, seed=seed, device=device)
+        results["reconstruction"] = {f"{modality} / {model_name}": {"modality": modality, **scores}}
     results = validate_results(results)
     if report:
         out = Path(out_dir) if out_dir is not None else run_dir / REPORT_FOLDER

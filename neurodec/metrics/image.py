@@ -144,17 +144,25 @@ def _paired_batches(recons: np.ndarray, truths: np.ndarray, recon_order: np.ndar
 
 # ------------------------------------------------------------------------------ PixCorr
 def _rowwise_pearson(a: torch.Tensor, b: torch.Tensor, what: str, offset: int = 0) -> torch.Tensor:
-    """Pearson r of each row of ``a`` with the same row of ``b`` (float64 (n, d) tensors)."""
+    """Pearson r of each row of ``a`` with the same row of ``b`` (float64 (n, d) tensors).
+
+    A constant row (a blank or saturated reconstruction) has no pattern to correlate: its r is
+    undefined, and it is scored 0 (no linear relation) with a warning naming the pairs, so one
+    degenerate image cannot stop a whole evaluation nor count as a success.
+    """
+    scale = torch.maximum(a.abs().amax(dim=1), b.abs().amax(dim=1)).clamp_min(1e-300)
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    constant = torch.nonzero(norms == 0).flatten().tolist()
+    a_norm, b_norm = a.norm(dim=1), b.norm(dim=1)
+    # Constant up to rounding (a resize leaves ~1e-16 residue): relative to the row's magnitude.
+    tolerance = 1e-12 * scale * a.shape[1] ** 0.5
+    constant_rows = (a_norm <= tolerance) | (b_norm <= tolerance)
+    constant = torch.nonzero(constant_rows).flatten().tolist()
     if constant:
-        raise MetricInputError(
-            f"{what}: pair {[offset + i for i in constant][:5]} holds a constant image or feature vector, whose "
-            "Pearson correlation is undefined"
-        )
-    return (a * b).sum(dim=1) / norms
+        logger.warning("%s: pair(s) %s hold a constant image or feature vector (Pearson r undefined); scored 0",
+                       what, [offset + i for i in constant][:5])
+    norms = torch.where(constant_rows, torch.ones_like(a_norm), a_norm * b_norm)
+    return torch.where(constant_rows, torch.zeros_like(a_norm), (a * b).sum(dim=1) / norms)
 
 
 def _pixcorr(recons, truths, recon_order, batch_size, device) -> np.ndarray:

@@ -11,6 +11,7 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -200,6 +201,24 @@ def training_figure(history: list[dict]) -> RenderedFigure | None:
     return RenderedFigure("training_curves", "training history: logged quantities against step", _png(figure))
 
 
+def reconstruction_grid_figures(results: dict) -> list[RenderedFigure]:
+    """The grid PNG of each reconstruction entry (ground truth above reconstruction), embedded as it is."""
+    from PIL import Image
+
+    figures = []
+    for name, entry in results.get("reconstruction", {}).items():
+        grid = entry.get("grid")
+        if not grid or not Path(grid).exists():
+            continue
+        with Image.open(grid) as image:
+            width, height = image.size
+        scale = max(1, 900 // max(width, 1))
+        figures.append(RenderedFigure(f"reconstruction_grid_{len(figures)}",
+                                      f"{name}: ground truth (upper row of each pair) and reconstruction (lower row)",
+                                      Path(grid).read_bytes(), width=width * scale, height=height * scale))
+    return figures
+
+
 def render_figures(results: dict) -> list[RenderedFigure]:
     """Every figure the validated ``results`` have data for, in report order."""
     figures = [
@@ -207,5 +226,6 @@ def render_figures(results: dict) -> list[RenderedFigure]:
         per_subject_figure(results),
         similarity_figure(results["similarity_excerpt"]),
         training_figure(results["training_history"]),
+        *reconstruction_grid_figures(results),
     ]
     return [figure for figure in figures if figure is not None]

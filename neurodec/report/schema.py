@@ -23,7 +23,7 @@ import numpy as np
 from neurodec.errors import ReportInputError
 from neurodec.metrics import DIRECTIONS
 
-SECTIONS = ("meta", "retrieval", "baselines", "training_history", "similarity_excerpt")
+SECTIONS = ("meta", "retrieval", "baselines", "training_history", "similarity_excerpt", "reconstruction")
 REQUIRED_SECTIONS = ("meta", "retrieval")
 # What evaluate_retrieval returns and the report reads.
 METRICS_KEYS = ("subjects", "n_items", "chance", *DIRECTIONS)
@@ -178,6 +178,15 @@ def validate_results(results: Any) -> dict:
     for index, record in enumerate(history):
         _require(record, "step", f"'training_history'][{index}", "an integer step",
                  lambda value: isinstance(value, int) and not isinstance(value, bool))
+
+    reconstruction = results.setdefault("reconstruction", {})
+    if not isinstance(reconstruction, dict):
+        _fail("'reconstruction'", "a dict {entry name: evaluate_reconstructions output + 'modality'}", reconstruction)
+    for name, entry in reconstruction.items():
+        where = f"'reconstruction'][{name!r}"
+        _require(entry, "modality", where, "a modality name (a string)", lambda value: isinstance(value, str))
+        _require(entry, "metrics", where, "{metric name: {'value', 'ci95', ...} or {'unavailable': text}}",
+                 lambda value: isinstance(value, dict) and bool(value))
 
     excerpt = results["similarity_excerpt"]
     if excerpt is not None:

@@ -210,6 +210,23 @@ def training_table(history: list[dict]) -> Table:
     return Table(["quantity", "last step", "last value"], [[key, str(step), f"{value:.4g}"] for key, (step, value) in last.items()])
 
 
+def markdown_table_blocks(text: str) -> list[Block]:
+    """A markdown table (as :func:`neurodec.metrics.format_image_metrics_table` writes) as report blocks.
+
+    The ``| a | b |`` lines become a :class:`Table`, the lines after it a text block each.
+
+    >>> [block.kind for block in markdown_table_blocks("| a | b |\\n|---|---|\\n| 1 | 2 |\\n\\nnote")]
+    ['table', 'text']
+    """
+    lines = text.strip().splitlines()
+    table_lines = [line for line in lines if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split(" | ")] for line in table_lines
+            if not set(line.replace("|", "").strip()) <= {"-", ":"}]
+    blocks = [Block("table", table=Table(rows[0], rows[1:]))] if rows else []
+    blocks += [Block("text", line) for line in lines if line.strip() and not line.startswith("|")]
+    return blocks
+
+
 def summary_rows(results: dict, n_way: int = 200) -> tuple[list[str], list[list[str]]]:
     """Header and rows of :func:`format_summary_table`."""
     top1, top5 = f"{n_way}-way top-1", f"{n_way}-way top-5"
@@ -251,9 +268,48 @@ def format_summary_table(results: dict, *, n_way: int = 200) -> str:
 
     results = validate_results(results)
     header, rows = summary_rows(results, n_way)
+    return plain_table(header, rows)
+
+
+def plain_table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns separated by two spaces or more (readable, and split by ``\\s{2,}``)."""
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
+def format_image_summary(entries: dict, *, two_way: str = "2-way (efficientnet-lite0)") -> str:
+    """A short plain-text table of reconstruction metrics against the shuffled-pairing baseline.
+
+    One row per entry (as ``results["reconstruction"]``): PixCorr, both SSIM recipes and
+    ``two_way`` identification (percent), each with its bootstrap 95% interval, then the same
+    metric for the shuffled pairing. ``n/a`` where a metric is unavailable.
+
+    >>> print(format_image_summary(results["reconstruction"]))   # doctest: +SKIP
+    reconstruction  metric     value  95% CI          shuffled
+    eeg / nice      PixCorr    0.212  [0.198, 0.226]  0.101
+    """
+    from neurodec.metrics.image import SSIM_MINDEYE, SSIM_MINDVIDEO
+
+    metrics = [("PixCorr", "PixCorr", False), (SSIM_MINDEYE, "SSIM (MindEye)", False),
+               (SSIM_MINDVIDEO, "SSIM (MinD-Video)", False), (two_way, two_way, True)]
+
+    def number(value, percent: bool) -> str:
+        if value is None:
+            return MISSING
+        return format_percent(value) if percent else f"{value:.3f}"
+
+    header = ["reconstruction", "metric", "value", "95% CI", "shuffled"]
+    rows = []
+    for name, entry in entries.items():
+        shuffled = (entry.get("shuffled") or {}).get("metrics", {})
+        for key, label, percent in metrics:
+            metric = entry["metrics"].get(key, {})
+            interval = metric.get("ci95")
+            shown = MISSING if not interval else f"[{number(interval[0], percent)}, {number(interval[1], percent)}]"
+            rows.append([name, label + (" (%)" if percent else ""), number(metric.get("value"), percent), shown,
+                         number(shuffled.get(key, {}).get("value"), percent)])
+    return plain_table(header, rows)
 
 
 # Rendering ---------------------------------------------------------------------------------

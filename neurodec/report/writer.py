@@ -17,6 +17,7 @@ from neurodec.report.schema import validate_results
 from neurodec.report.tables import (
     Block,
     baselines_table,
+    markdown_table_blocks,
     comparison_table,
     detail_table,
     entries,
@@ -103,6 +104,18 @@ def _blocks(results: dict, title: str, generated: dict, figures: list) -> list[B
         blocks += [Block("heading", f"{name}: per subject", level=3), Block("table", table=per_subject_table(metrics))]
     if results["baselines"]:
         blocks += [Block("heading", "Baselines"), Block("table", table=baselines_table(results))]
+    if results["reconstruction"]:
+        from neurodec.metrics import format_image_metrics_table
+
+        blocks.append(Block("heading", "Image reconstruction"))
+        for name, entry in results["reconstruction"].items():
+            settings = entry.get("settings", {})
+            described = ", ".join(f"{key} {value}" for key, value in settings.items() if value is not None)
+            blocks += [Block("heading", name, level=3),
+                       Block("text", f"{entry['modality']}; {entry.get('n_images', '?')} reconstructions of "
+                                     f"{', '.join(entry.get('subjects', [])) or 'all subjects'}"
+                                     + (f"; {described}" if described else "") + "."),
+                       *markdown_table_blocks(format_image_metrics_table(entry, name))]
     if results["training_history"]:
         blocks += [Block("heading", "Training history"), Block("table", table=training_table(results["training_history"]))]
     if figures:
