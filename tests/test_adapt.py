@@ -345,3 +345,19 @@ def test_stacked_subject_weights_carry_over_row_by_row():
             assert torch.equal(tensor, base.state_dict()[name]), name
     with pytest.raises(ConfigError, match="cannot carry the shared weights over"):
         _load_shared(create_model("atm", n_chans=5, n_times=100, n_subjects=3, n_outputs=8), base, masks, 1)
+
+
+def test_cli_adapt_passes_the_initialisation_and_selection_on(run_and_new_subject, tmp_path, capsys):
+    from neurodec.cli import main
+
+    run_dir = run_and_new_subject["run_dir"]
+    assert main(["adapt", str(run_dir), "--subject", "03", "--n-trials", "16", "--steps", "0", "--init", "random",
+                 "--out", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "cli" / "k16-seed0" / "adapt.json").read_text())
+    direct = adapt(run_dir, "03", n_trials=16, seed=0, steps=0, init="random", out_dir=tmp_path / "api")
+    assert saved["init"] == direct.init and saved["metrics"] == direct.metrics
+    assert f"{direct.metrics['full-set top-1']}" in printed
+    assert main(["adapt", str(run_dir), "--subject", "03", "--n-trials", "16", "--init", "aligned",
+                 "--selection-metric", "train/loss", "--out", str(tmp_path / "bad")]) == 1
+    assert "selection_metric" in capsys.readouterr().err
