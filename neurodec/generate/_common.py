@@ -236,3 +236,47 @@ def write_folder_atomically(folder: str | os.PathLike[str], write: Callable[[Pat
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return folder
+
+
+def save_array_folder(folder: str | os.PathLike[str], *, arrays: dict[str, np.ndarray], weights_file: str,
+                      document: dict[str, Any], document_file: str, what: str,
+                      extra: Callable[[Path], None] | None = None) -> Path:
+    """A folder of numpy arrays (safetensors) and a JSON description, written atomically.
+
+    ``extra(temporary)`` may add more (e.g. a VAE's own folder) before the folder is renamed
+    into place; ``document_file`` is the marker :func:`write_folder_atomically` checks.
+    """
+    import json
+
+    from safetensors.numpy import save_file
+
+    from neurodec.models.base import _json_ready, _write_atomically
+
+    def write(temporary: Path) -> None:
+        tensors = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+        _write_atomically(temporary / weights_file, lambda path: save_file(tensors, path))
+        if extra is not None:
+            extra(temporary)
+        text = json.dumps(_json_ready(document, what), indent=2, sort_keys=True) + "\n"
+        _write_atomically(temporary / document_file, lambda path: Path(path).write_text(text, encoding="utf-8"))
+
+    return write_folder_atomically(folder, write, document_file)
+
+
+def read_array_folder(folder: str | os.PathLike[str], *, weights_file: str, document_file: str,
+                      format_version: int, writer: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(document, arrays)`` of a folder written by :func:`save_array_folder`, its format checked."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from neurodec.errors import WeightsNotFoundError
+
+    folder = Path(folder)
+    if not (folder / document_file).is_file():
+        raise WeightsNotFoundError(f"{folder / document_file}: not found; such a folder is written by {writer}")
+    document = json.loads((folder / document_file).read_text(encoding="utf-8"))
+    if document.get("format_version") != format_version:
+        raise ConfigError(f"{folder / document_file}: format_version {document.get('format_version')!r} "
+                          f"is not readable (reads {format_version})")
+    return document, load_file(str(folder / weights_file))

@@ -14,7 +14,6 @@ images resized to ``image_size``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,15 +22,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from neurodec.errors import ConfigError, DecoderInputError
+from neurodec.errors import DecoderInputError
 from neurodec.generate._common import (
     check_images,
     check_same_count,
     quiet_loading_options,
+    read_array_folder,
     resize,
+    save_array_folder,
     to_uint8,
     to_unit_range,
-    write_folder_atomically,
 )
 
 logger = logging.getLogger("neurodec")
@@ -177,42 +177,25 @@ class LowLevelDecoder:
     # ------------------------------------------------------------ save / load
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``ridge.safetensors``, ``neurodec_low_level.json`` and ``vae/`` (if any), atomically."""
-        from safetensors.numpy import save_file
-
-        from neurodec.models.base import _json_ready, _write_atomically
-
-        def write(temporary: Path) -> None:
-            tensors = {"weights": np.ascontiguousarray(self.weights), "intercept": np.ascontiguousarray(self.intercept)}
-            _write_atomically(temporary / LOW_LEVEL_WEIGHTS, lambda path: save_file(tensors, path))
-            if self.vae is not None:
-                self.vae.save_pretrained(temporary / "vae")
-            document = _json_ready({
-                "kind": "low_level_decoder", "format_version": LOW_LEVEL_FORMAT_VERSION, "alpha": self.alpha,
-                "output_size": self.output_size, "image_size": self.image_size,
-                "latent_shape": self.latent_shape, "vae_input_size": self.vae_input_size,
-                "val_scores": [[alpha, score] for alpha, score in self.val_scores.items()],
-            }, "low-level decoder")
-            text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-            _write_atomically(temporary / LOW_LEVEL_FILE, lambda path: Path(path).write_text(text, encoding="utf-8"))
-
-        return write_folder_atomically(folder, write, LOW_LEVEL_FILE)
+        document = {
+            "kind": "low_level_decoder", "format_version": LOW_LEVEL_FORMAT_VERSION, "alpha": self.alpha,
+            "output_size": self.output_size, "image_size": self.image_size,
+            "latent_shape": self.latent_shape, "vae_input_size": self.vae_input_size,
+            "val_scores": [[alpha, score] for alpha, score in self.val_scores.items()],
+        }
+        vae = self.vae
+        return save_array_folder(folder, arrays={"weights": self.weights, "intercept": self.intercept},
+                                 weights_file=LOW_LEVEL_WEIGHTS, document=document, document_file=LOW_LEVEL_FILE,
+                                 what="low-level decoder",
+                                 extra=None if vae is None else lambda temporary: vae.save_pretrained(temporary / "vae"))
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> "LowLevelDecoder":
         """Load a folder written by :meth:`save_pretrained`."""
-        from safetensors.numpy import load_file
-
-        from neurodec.errors import WeightsNotFoundError
-
         folder = Path(folder)
-        if not (folder / LOW_LEVEL_FILE).is_file():
-            raise WeightsNotFoundError(f"{folder / LOW_LEVEL_FILE}: not found; a saved low-level decoder folder "
-                                       "is written by LowLevelDecoder.save_pretrained")
-        document = json.loads((folder / LOW_LEVEL_FILE).read_text(encoding="utf-8"))
-        if document.get("format_version") != LOW_LEVEL_FORMAT_VERSION:
-            raise ConfigError(f"{folder / LOW_LEVEL_FILE}: format_version {document.get('format_version')!r} "
-                              f"is not readable (reads {LOW_LEVEL_FORMAT_VERSION})")
-        tensors = load_file(str(folder / LOW_LEVEL_WEIGHTS))
+        document, tensors = read_array_folder(folder, weights_file=LOW_LEVEL_WEIGHTS, document_file=LOW_LEVEL_FILE,
+                                              format_version=LOW_LEVEL_FORMAT_VERSION,
+                                              writer="LowLevelDecoder.save_pretrained")
         vae = None
         if document["latent_shape"] is not None:
             from diffusers import AutoencoderKL

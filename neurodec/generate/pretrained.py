@@ -27,7 +27,6 @@ embedding the generator expects, fitted by ridge (closed form) or a small MLP on
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -47,8 +46,9 @@ from neurodec.generate._common import (
     flush_denormals,
     image_generators,
     quiet_loading_options,
+    read_array_folder,
     resolve_seeds,
-    write_folder_atomically,
+    save_array_folder,
 )
 
 logger = logging.getLogger("neurodec")
@@ -390,35 +390,18 @@ class EmbeddingProjector:
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``projector.safetensors`` and ``neurodec_projector.json``, atomically."""
-        from safetensors.numpy import save_file
-
-        from neurodec.models.base import _json_ready, _write_atomically
-
-        def write(temporary: Path) -> None:
-            tensors = {name: np.ascontiguousarray(value) for name, value in self.layers.items()}
-            _write_atomically(temporary / PROJECTOR_WEIGHTS, lambda path: save_file(tensors, path))
-            document = _json_ready({"kind": "embedding_projector", "format_version": PROJECTOR_FORMAT_VERSION,
-                                    "method": self.method, "target_shape": self.target_shape,
-                                    "target_norm": self.target_norm, "alpha": self.alpha}, "embedding projector")
-            text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-            _write_atomically(temporary / PROJECTOR_FILE, lambda path: Path(path).write_text(text, encoding="utf-8"))
-
-        return write_folder_atomically(folder, write, PROJECTOR_FILE)
+        document = {"kind": "embedding_projector", "format_version": PROJECTOR_FORMAT_VERSION, "method": self.method,
+                    "target_shape": self.target_shape, "target_norm": self.target_norm, "alpha": self.alpha}
+        return save_array_folder(folder, arrays=self.layers, weights_file=PROJECTOR_WEIGHTS, document=document,
+                                 document_file=PROJECTOR_FILE, what="embedding projector")
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> "EmbeddingProjector":
         """Load a folder written by :meth:`save_pretrained`."""
-        from safetensors.numpy import load_file
-
-        folder = Path(folder)
-        if not (folder / PROJECTOR_FILE).is_file():
-            raise WeightsNotFoundError(f"{folder / PROJECTOR_FILE}: not found; a saved projector folder is written "
-                                       "by EmbeddingProjector.save_pretrained")
-        document = json.loads((folder / PROJECTOR_FILE).read_text(encoding="utf-8"))
-        if document.get("format_version") != PROJECTOR_FORMAT_VERSION:
-            raise ConfigError(f"{folder / PROJECTOR_FILE}: format_version {document.get('format_version')!r} "
-                              f"is not readable (reads {PROJECTOR_FORMAT_VERSION})")
-        return cls(load_file(str(folder / PROJECTOR_WEIGHTS)), method=document["method"],
+        document, layers = read_array_folder(folder, weights_file=PROJECTOR_WEIGHTS, document_file=PROJECTOR_FILE,
+                                             format_version=PROJECTOR_FORMAT_VERSION,
+                                             writer="EmbeddingProjector.save_pretrained")
+        return cls(layers, method=document["method"],
                    target_shape=document["target_shape"], target_norm=document["target_norm"],
                    alpha=document["alpha"])
 
