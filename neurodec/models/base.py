@@ -86,6 +86,61 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def save_module_folder(module: torch.nn.Module, folder: str | os.PathLike[str], name: str,
+                       config: dict[str, Any]) -> Path:
+    """``folder/config.json`` (name, format version, config) and ``folder/model.safetensors``
+    (the state dict, with a digest of the config), each written atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in module.state_dict().items()}
+    metadata = {"neurodec_model": name, "config_sha256": _config_digest(name, config),
+                "format_version": str(SAVED_FORMAT_VERSION)}
+    _write_atomically(folder / WEIGHTS_FILE, lambda path: save_file(tensors, path, metadata=metadata))
+    document = {"model": name, "format_version": SAVED_FORMAT_VERSION, "config": config}
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    _write_atomically(folder / CONFIG_FILE, lambda path: Path(path).write_text(text, encoding="utf-8"))
+    return folder
+
+
+def read_module_folder(folder: str | os.PathLike[str], what: str,
+                       check_document: Callable[[Any, Path], None]) -> tuple[dict[str, Any], Path, Path]:
+    """``(document, config_path, weights_path)`` of a folder written by :func:`save_module_folder`.
+
+    Checks that both files exist, that ``config.json`` is JSON accepted by
+    ``check_document(document, config_path)`` and that its format version is readable;
+    :func:`check_config_digest` then checks the weights belong to this config.
+    """
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; a saved {what} folder holds {CONFIG_FILE} and "
+                                    f"{WEIGHTS_FILE}, written by save_pretrained")
+    try:
+        document = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{config_path}: not valid JSON ({error})") from error
+    check_document(document, config_path)
+    version = document.get("format_version", SAVED_FORMAT_VERSION)
+    if version != SAVED_FORMAT_VERSION:
+        raise ConfigError(f"{config_path}: format_version {version} is not readable by this neurodec "
+                          f"(reads {SAVED_FORMAT_VERSION})")
+    return document, config_path, weights_path
+
+
+def check_config_digest(document: dict[str, Any], config_path: Path, weights_path: Path, what: str) -> None:
+    """The weights of a :func:`save_module_folder` folder must carry the digest of its config."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights_path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("config_sha256") not in (None, _config_digest(document["model"], document["config"])):
+        raise ConfigError(f"{weights_path}: these weights were saved with a different config than "
+                          f"{config_path} (config_sha256 mismatch); save the {what} again")
+
+
 def is_compiling() -> bool:
     """Whether torch.compile is tracing (checks that read tensor values are skipped then)."""
     check = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
@@ -257,23 +312,10 @@ class BrainEncoder(torch.nn.Module):
         >>> load_pretrained(folder).config == model.config      # doctest: +SKIP
         True
         """
-        from safetensors.torch import save_file
-
         if not self.model_name or _REGISTRY.get(self.model_name) is not type(self):
             raise RegistryError(f"{type(self).__name__} is not registered (use @register_model) "
                                 "so it could not be rebuilt from a saved folder")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = self.config
-        digest = _config_digest(self.model_name, config)
-        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in self.state_dict().items()}
-        metadata = {"neurodec_model": self.model_name, "config_sha256": digest,
-                    "format_version": str(SAVED_FORMAT_VERSION)}
-        _write_atomically(folder / WEIGHTS_FILE, lambda path: save_file(tensors, path, metadata=metadata))
-        document = {"model": self.model_name, "format_version": SAVED_FORMAT_VERSION, "config": config}
-        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-        _write_atomically(folder / CONFIG_FILE, lambda path: Path(path).write_text(text, encoding="utf-8"))
-        return folder
+        return save_module_folder(self, folder, self.model_name, self.config)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> BrainEncoder:
@@ -284,26 +326,14 @@ class BrainEncoder(torch.nn.Module):
         >>> from neurodec.models import BrainEncoder
         >>> model = BrainEncoder.from_pretrained("my-encoder")   # doctest: +SKIP
         """
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: not found; a saved encoder folder holds {CONFIG_FILE} and "
-                                        f"{WEIGHTS_FILE}, written by save_pretrained")
-        try:
-            document = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{config_path}: not valid JSON ({error})") from error
-        if not isinstance(document, dict) or not {"model", "config"} <= set(document):
-            raise ConfigError(f"{config_path}: expected an object with keys 'model' and 'config', "
-                              f"found {sorted(document) if isinstance(document, dict) else type(document).__name__}")
-        version = document.get("format_version", SAVED_FORMAT_VERSION)
-        if version != SAVED_FORMAT_VERSION:
-            raise ConfigError(f"{config_path}: format_version {version} is not readable by this neurodec "
-                              f"(reads {SAVED_FORMAT_VERSION})")
+        def check(document: Any, config_path: Path) -> None:
+            if not isinstance(document, dict) or not {"model", "config"} <= set(document):
+                raise ConfigError(f"{config_path}: expected an object with keys 'model' and 'config', found "
+                                  f"{sorted(document) if isinstance(document, dict) else type(document).__name__}")
+
+        document, config_path, weights_path = read_module_folder(folder, "encoder", check)
         name, config = document["model"], document["config"]
         model_class = get_model_class(name)
         if not issubclass(model_class, cls):
@@ -314,12 +344,7 @@ class BrainEncoder(torch.nn.Module):
         if unknown:
             raise ConfigError(f"{config_path}: field 'config' has arguments {unknown} that {model_class.__name__} "
                               f"does not accept (accepted: {sorted(accepted)})")
-        with safe_open(str(weights_path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        expected_digest = _config_digest(name, config)
-        if metadata.get("config_sha256") not in (None, expected_digest):
-            raise ConfigError(f"{weights_path}: these weights were saved with a different config than "
-                              f"{config_path} (config_sha256 mismatch); save the model again")
+        check_config_digest(document, config_path, weights_path, "model")
         model = model_class(**config)
         state = load_file(str(weights_path), device="cpu")
         missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())

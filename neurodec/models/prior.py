@@ -46,14 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurodec.errors import ConfigError, RunFolderError
-from neurodec.models.base import (
-    CONFIG_FILE,
-    SAVED_FORMAT_VERSION,
-    WEIGHTS_FILE,
-    _config_digest,
-    _json_ready,
-    _write_atomically,
-)
+from neurodec.models.base import _json_ready, check_config_digest, read_module_folder, save_module_folder
 
 PRIOR_NAME = "diffusion_prior"
 # Run-folder file names (docs/run-folder.md); spelled here because models never import training.
@@ -342,48 +335,22 @@ class DiffusionPrior(nn.Module):
         >>> prior.save_pretrained("runs/nsd/prior")        # doctest: +SKIP
         >>> DiffusionPrior.from_pretrained("runs/nsd/prior")   # doctest: +SKIP
         """
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = self.config
-        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in self.state_dict().items()}
-        metadata = {"neurodec_model": PRIOR_NAME, "config_sha256": _config_digest(PRIOR_NAME, config),
-                    "format_version": str(SAVED_FORMAT_VERSION)}
-        _write_atomically(folder / WEIGHTS_FILE, lambda path: save_file(tensors, path, metadata=metadata))
-        text = json.dumps({"model": PRIOR_NAME, "format_version": SAVED_FORMAT_VERSION, "config": config},
-                          indent=2, sort_keys=True) + "\n"
-        _write_atomically(folder / CONFIG_FILE, lambda path: Path(path).write_text(text, encoding="utf-8"))
-        return folder
+        return save_module_folder(self, folder, PRIOR_NAME, self.config)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> DiffusionPrior:
         """Rebuild a prior saved by :meth:`save_pretrained` (in eval mode)."""
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: not found; a saved prior folder holds {CONFIG_FILE} and "
-                                        f"{WEIGHTS_FILE}, written by DiffusionPrior.save_pretrained")
-        try:
-            document = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{config_path}: not valid JSON ({error})") from error
-        if not isinstance(document, dict) or document.get("model") != PRIOR_NAME or "config" not in document:
-            found = document.get("model") if isinstance(document, dict) else type(document).__name__
-            raise ConfigError(f"{config_path}: field 'model' must be '{PRIOR_NAME}' with a 'config', found {found!r}")
-        if document.get("format_version", SAVED_FORMAT_VERSION) != SAVED_FORMAT_VERSION:
-            raise ConfigError(f"{config_path}: format_version {document.get('format_version')} is not readable "
-                              f"by this neurodec (reads {SAVED_FORMAT_VERSION})")
+        def check(document: Any, config_path: Path) -> None:
+            if not isinstance(document, dict) or document.get("model") != PRIOR_NAME or "config" not in document:
+                found = document.get("model") if isinstance(document, dict) else type(document).__name__
+                raise ConfigError(f"{config_path}: field 'model' must be '{PRIOR_NAME}' with a 'config', "
+                                  f"found {found!r}")
+
+        document, config_path, weights_path = read_module_folder(folder, "prior", check)
+        check_config_digest(document, config_path, weights_path, "prior")
         config = document["config"]
-        with safe_open(str(weights_path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("config_sha256") not in (None, _config_digest(PRIOR_NAME, config)):
-            raise ConfigError(f"{weights_path}: these weights were saved with a different config than "
-                              f"{config_path} (config_sha256 mismatch); save the prior again")
         try:
             prior = cls(**config)
         except TypeError as error:
