@@ -620,7 +620,7 @@ def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str,
     """Adapt (frozen shared model, new subject's weights only) or train from scratch (everything)."""
     from neurodec.losses import WeightedLoss, mixco
     from neurodec.training._distributed import Processes
-    from neurodec.training.trainer import _Objective, _resolve_device, learning_rate
+    from neurodec.training.trainer import _Objective, _resolve_device, learning_rate, make_optimizer
 
     config = context.config
     train, val, test = _fit_data(context, n_trials, seed)
@@ -651,13 +651,7 @@ def _fit_one(context: _Context, n_trials: int, seed: int, steps: int, mode: str,
 
         initialisation = _initialise_new_subject(context, encoder, train, score, selection_mode == "max")
         _frozen_norms_to_eval(encoder)
-    decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim < 2]
-    no_decay += [p for p in loss.parameters() if p.requires_grad]
-    trained = decay + no_decay
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps)
+    optimizer, trained = make_optimizer(config, encoder, loss)
     frozen_copies = [(p, copy.to(device), ~masks[name].to(device)) for name, (p, copy) in partial.items()]
 
     patience = config.train.early_stopping_patience or DEFAULT_PATIENCE

@@ -104,6 +104,23 @@ def learning_rate(config: ExperimentConfig, step: int, total_steps: int) -> floa
 
 
 # ------------------------------------------------------------------ helpers
+def make_optimizer(config: ExperimentConfig, encoder: torch.nn.Module, loss: torch.nn.Module):
+    """AdamW over the trainable parameters of encoder and loss, and the list of those parameters.
+
+    Weight matrices are decayed, biases, norms and temperatures (scalars) are not; this
+    includes networks that live in the loss, such as the diffusion prior.
+    """
+    trainable = [p for module in (encoder, loss) for p in module.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    optim = config.optim
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optim.lr, betas=optim.betas, eps=optim.eps,
+    )
+    return optimizer, decay + no_decay
+
+
 def _resolve_device(name: str, processes: distributed.Processes) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -267,17 +284,7 @@ class _Trainer:
             encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
         self.encoder, self.loss = encoder, loss
         self.objective = _Objective(encoder, loss, use_outputs)
-        # Weight matrices are decayed, biases, norms and temperatures (scalars) are not; this
-        # includes networks that live in the loss, such as the diffusion prior.
-        trainable = [p for module in (encoder, loss) for p in module.parameters() if p.requires_grad]
-        decay = [p for p in trainable if p.ndim >= 2]
-        no_decay = [p for p in trainable if p.ndim < 2]
-        optim = config.optim
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim.lr, betas=optim.betas, eps=optim.eps,
-        )
-        self.trained_parameters = decay + no_decay
+        self.optimizer, self.trained_parameters = make_optimizer(config, encoder, loss)
         if self.processes.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
