@@ -71,7 +71,9 @@ class Reconstructions:
 
 
 def _settings(config, checkpoint: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    from neurodec.config import ReconstructionConfig
+    from pydantic import ValidationError
+
+    from neurodec.config import ReconstructionConfig, config_error
 
     unknown = sorted(set(overrides) - set(ReconstructionConfig.model_fields))
     if unknown:
@@ -79,14 +81,8 @@ def _settings(config, checkpoint: str, overrides: dict[str, Any]) -> dict[str, A
     merged = {**config.reconstruction.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         settings = ReconstructionConfig(**merged).model_dump()
-    except Exception as error:  # pydantic's ValidationError, named by key
-        from pydantic import ValidationError
-
-        from neurodec.config import config_error
-
-        if isinstance(error, ValidationError):
-            raise config_error(error, "reconstruction") from None
-        raise
+    except ValidationError as error:
+        raise config_error(error, "reconstruction") from None
     if settings["decoder"] is None:
         raise ConfigError("reconstruction.decoder: no image decoder given; train one with `neurodec train-decoder` "
                           "and set reconstruction.decoder in the config or pass --decoder")
@@ -285,7 +281,8 @@ def reconstruct_run(
     index_path = folder / INDEX_FILE
     previous = _read_json(index_path) if index_path.exists() else None
     image_settings = {key: chosen[key] for key in _IMAGE_SETTINGS}
-    if previous is not None and previous.get("settings") != image_settings:
+    unchanged = previous is not None and previous.get("settings") == image_settings
+    if previous is not None and not unchanged:
         logger.warning("%s: made with other settings; generating every image again", folder)
         for stale in (folder / IMAGES_FOLDER).glob("*.png"):
             stale.unlink()
@@ -312,7 +309,13 @@ def reconstruct_run(
 
     low_level_images = None
     if chosen["low_level"]:
-        low = _fit_low_level(trained, config, study, splits, chosen["low_level_size"], decoder.config.image_size, folder)
+        if unchanged and (folder / LOW_LEVEL_FOLDER).is_dir():
+            from neurodec.generate import LowLevelDecoder
+
+            low = LowLevelDecoder.from_pretrained(folder / LOW_LEVEL_FOLDER)  # the same fit, saved last time
+        else:
+            low = _fit_low_level(trained, config, study, splits, chosen["low_level_size"], decoder.config.image_size,
+                                 folder)
         low_level_images = low.predict(embeddings.reshape(len(embeddings), -1))
     options = {key: chosen[key] for key in ("num_inference_steps", "guidance_scale", "scheduler")}
     logger.info("reconstructing %d of %d %s items of %s (%d read back)", len(todo), len(paths), split, run_dir,
