@@ -105,13 +105,16 @@ TransformSpec = Annotated[
 class SplitConfig(_Section):
     """How trials are held out. ``by: stimulus`` uses the stimuli table's test split (or
     ``test_fraction``); ``by: runs`` holds out ``test_runs`` or the last ``test_fraction`` of
-    each recording. Validation is ``val_fraction`` of the training stimuli, drawn with ``seed``."""
+    each recording. Validation is ``val_fraction`` of the training stimuli, drawn with ``seed``;
+    with ``val_groups`` (a metadata field of the stimuli, e.g. ``block`` for speech segments)
+    whole groups of them."""
 
     by: Literal["stimulus", "runs"] = "stimulus"
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     test_fraction: float | None = Field(None, gt=0, lt=1)
     test_runs: list[str] | None = None
+    val_groups: str | None = None
 
 
 class WindowConfig(_Section):

@@ -101,13 +101,16 @@ def split_stimuli(
     seed: int = 0,
     recordings: Sequence[str] | None = None,
     test_fraction: float | None = None,
+    val_groups: str | None = None,
 ) -> Splits:
     """Split the stimuli shown in ``recordings`` (default: all) into train, val and test.
 
     Test stimuli are those whose ``split`` column is ``"test"`` (or, with ``test_fraction``,
     a seeded random fraction of all stimuli, for stores whose table marks none). The
     others (``"train"`` or unassigned ``""``) form the training pool, from which
-    ``val_fraction`` of the stimuli are drawn with ``seed`` for validation.
+    ``val_fraction`` of the stimuli are drawn with ``seed`` for validation. With
+    ``val_groups`` (a field of the stimuli's metadata, e.g. ``"block"`` of speech
+    segments), validation takes ``val_fraction`` of the groups instead, whole.
 
     >>> splits = split_stimuli(study, val_fraction=0.1, seed=0)       # doctest: +SKIP
     >>> len(set(splits.train) & set(splits.test))                     # doctest: +SKIP
@@ -132,7 +135,11 @@ def split_stimuli(
             raise ConfigError(f"test_fraction must be in (0, 1), found {test_fraction}")
         test = _draw_validation(ids[used], test_fraction, seed + 1_000_003)
     pool = np.setdiff1d(ids[used], test)
-    val = _draw_validation(pool, val_fraction, seed)
+    if val_groups is None:
+        val = _draw_validation(pool, val_fraction, seed)
+    else:
+        group = _metadata_field(table, pool, val_groups, study.url)
+        val = np.sort(pool[np.isin(group, _draw_validation(np.unique(group), val_fraction, seed))])
     train = np.setdiff1d(pool, val)
     if not train.size:
         raise SplitError(
@@ -140,6 +147,21 @@ def split_stimuli(
             f"(val_fraction={val_fraction})"
         )
     return Splits(train=train, val=val, test=np.sort(test))
+
+
+def _metadata_field(table, ids: np.ndarray, name: str, url: str) -> np.ndarray:
+    """The metadata field ``name`` of the given stimuli, as strings; every one must have it."""
+    import json
+
+    row = {s: i for i, s in enumerate(table["id"].tolist())}
+    values = []
+    for stimulus_id in ids:
+        metadata = json.loads(table["metadata"][row[stimulus_id]] or "{}")
+        if name not in metadata:
+            raise ConfigError(f"val_groups={name!r}: stimulus {stimulus_id!r} of {url} has no metadata field "
+                              f"{name!r} (found {sorted(metadata)})")
+        values.append(str(metadata[name]))
+    return np.asarray(values, dtype=str)
 
 
 def split_runs(

@@ -16,7 +16,7 @@ import numpy as np
 
 from neurodec.errors import ConfigError, TargetError
 from neurodec.store import Study, config_hash, open_store
-from neurodec.targets.base import RUNTIME_OPTIONS, Waveform, extractor_class
+from neurodec.targets.base import RUNTIME_OPTIONS, Waveform, extractor_class, load_waveform
 
 logger = logging.getLogger("neurodec")
 
@@ -29,7 +29,10 @@ class StoredStimuli(Sequence):
 
     Images and sounds come from the store's content arrays or from their ``uri`` (a path,
     absolute or relative to the folder holding the store); a sound's rate from its
-    metadata ``sample_rate``; a text from its metadata ``text`` or its ``uri``.
+    metadata ``sample_rate``; a text from its metadata ``text`` or its ``uri``. A speech
+    segment (metadata ``sound``, ``start``, ``stop``, ``sample_rate``: see
+    :mod:`neurodec.io.speech`) is the span ``[start, stop)`` of its whole sound, zero-padded
+    outside it; a sound file whose rate differs from the recorded one is refused.
     """
 
     def __init__(self, study: Study, ids: list[str], input_kind: str):
@@ -40,6 +43,7 @@ class StoredStimuli(Sequence):
         row = {s: i for i, s in enumerate(stimuli["id"].tolist())}
         self._rows = [row[s] for s in self.ids]
         self._stimuli = stimuli
+        self._sounds: dict[Any, Waveform] = {}
         self._check_sources()
 
     def __len__(self) -> int:
@@ -61,6 +65,22 @@ class StoredStimuli(Sequence):
                 f"{self.study.url}: stimuli {without[:5]}{' ...' if len(without) > 5 else ''} ({len(without)} in all) "
                 f"have no {what}, so they cannot be embedded"
             )
+        if self.input_kind == "audio" and self.study.location.is_local:
+            # Checked before the first batch: a missing sound would otherwise stop a long run midway.
+            absent = {}
+            for stimulus_id, r in zip(self.ids, self._rows):
+                uri = str(stimuli["uri"][r])
+                if uri and not (stimuli["content_array"][r] and stimuli["content_index"][r] >= 0):
+                    path = self._path(uri)
+                    if path not in absent and not os.path.isfile(path):
+                        absent[path] = stimulus_id
+            if absent:
+                path, stimulus_id = next(iter(absent.items()))
+                raise TargetError(
+                    f"{self.study.url}: sound file {path} does not exist (uri of stimulus {stimulus_id!r}; "
+                    f"{len(absent)} sound files missing in all); put the study's sounds back where the store "
+                    f"expects them (relative uris start at the folder holding the store)"
+                )
 
     def _path(self, uri: str) -> str:
         if os.path.isabs(uri) or os.path.exists(uri) or not self.study.location.is_local:
@@ -81,18 +101,24 @@ class StoredStimuli(Sequence):
         items: list[Any] = [None] * len(rows)
         # Read stored contents with one read per content array.
         by_array: dict[str, list[int]] = {}
+        metadata = [json.loads(stimuli["metadata"][r] or "{}") for r in rows]
+        segment = [self.input_kind == "audio" and _is_segment(m) for m in metadata]
         for position, r in enumerate(rows):
-            if stimuli["content_array"][r] and stimuli["content_index"][r] >= 0:
+            if segment[position]:
+                items[position] = self._segment(r, metadata[position])
+            elif stimuli["content_array"][r] and stimuli["content_index"][r] >= 0:
                 by_array.setdefault(str(stimuli["content_array"][r]), []).append(position)
         for positions in by_array.values():
             values = self.study.stimulus_content([ids[p] for p in positions])
             for p, value in zip(positions, values):
                 items[p] = value
         for position, r in enumerate(rows):
-            metadata = json.loads(stimuli["metadata"][r] or "{}")
+            if segment[position]:
+                continue
+            metadata_of = metadata[position]
             if self.input_kind == "text":
-                if "text" in metadata:
-                    items[position] = str(metadata["text"])
+                if "text" in metadata_of:
+                    items[position] = str(metadata_of["text"])
                 elif items[position] is None:
                     with open(self._path(str(stimuli["uri"][r])), encoding="utf-8") as handle:
                         items[position] = handle.read().strip()
@@ -100,7 +126,7 @@ class StoredStimuli(Sequence):
             if items[position] is None:
                 items[position] = self._path(str(stimuli["uri"][r]))
             elif self.input_kind == "audio":
-                rate = metadata.get("sample_rate")
+                rate = metadata_of.get("sample_rate")
                 if not rate:
                     raise TargetError(
                         f"{self.study.url}: audio stimulus {ids[position]!r} is kept in the store without its "
@@ -108,6 +134,59 @@ class StoredStimuli(Sequence):
                     )
                 items[position] = Waveform(np.asarray(items[position], dtype=np.float32), float(rate))
         return items
+
+    def _sound(self, row: int, expected_rate: float) -> Waveform:
+        """The whole sound a segment is cut from (the last few are kept: segments come in order)."""
+        stimuli = self._stimuli
+        array, index = str(stimuli["content_array"][row]), int(stimuli["content_index"][row])
+        source = (array, index) if array and index >= 0 else self._path(str(stimuli["uri"][row]))
+        if source in self._sounds:
+            return self._sounds[source]
+        if isinstance(source, tuple):
+            samples = self.study.stimulus_content([str(stimuli["id"][row])])[0]
+            waveform = Waveform(np.asarray(samples, dtype=np.float32), expected_rate)
+        else:
+            waveform = load_waveform(source)
+            if waveform.sample_rate != expected_rate:
+                raise TargetError(
+                    f"sound file {source}: sampled at {waveform.sample_rate:g} Hz, but the store recorded "
+                    f"{expected_rate:g} Hz when the study was converted (segment {stimuli['id'][row]!r}, metadata "
+                    f"'sample_rate'); the file was replaced by another version: convert the study again"
+                )
+        if len(self._sounds) >= 4:
+            self._sounds.pop(next(iter(self._sounds)))
+        self._sounds[source] = waveform
+        return waveform
+
+    def _segment(self, row: int, metadata: dict[str, Any]) -> Waveform:
+        """The span ``[start, stop)`` of the segment's sound, zero-padded outside the sound."""
+        rate = float(metadata["sample_rate"])
+        sound = self._sound(row, rate)
+        n_samples = metadata.get("n_samples")
+        if n_samples is not None and len(sound.samples) < int(n_samples):
+            raise TargetError(f"{self.study.url}: the sound of segment {self._stimuli['id'][row]!r} holds "
+                              f"{len(sound.samples)} samples, the store recorded {int(n_samples)}")
+        samples = sound.samples[: int(n_samples)] if n_samples is not None else sound.samples
+        return Waveform(cut_span(samples, rate, float(metadata["start"]), float(metadata["stop"])), rate)
+
+
+def _is_segment(metadata: Mapping[str, Any]) -> bool:
+    return all(key in metadata for key in ("sound", "start", "stop", "sample_rate"))
+
+
+def cut_span(samples: np.ndarray, rate: float, start: float, stop: float) -> np.ndarray:
+    """Samples from ``start`` to ``stop`` seconds (``round(start * rate)`` on, ``round((stop -
+    start) * rate)`` of them), zeros where the span lies outside the sound.
+
+    >>> cut_span(np.arange(1.0, 5.0), 1.0, -1.0, 2.0).tolist()
+    [0.0, 1.0, 2.0]
+    """
+    first, length = int(round(start * rate)), int(round((stop - start) * rate))
+    out = np.zeros(length, dtype=np.float32)
+    lo, hi = max(first, 0), min(first + length, len(samples))
+    if hi > lo:
+        out[lo - first : hi - first] = samples[lo:hi]
+    return out
 
 
 def _parse_value(text: str) -> Any:

@@ -60,7 +60,7 @@ def make_splits(config: ExperimentConfig, study) -> tuple[Any, dict[str, Any]]:
     recordings = _recording_keys(config, study)
     if split.by == "stimulus":
         splits = split_stimuli(study, val_fraction=split.val_fraction, seed=split.seed, recordings=recordings,
-                               test_fraction=split.test_fraction)
+                               test_fraction=split.test_fraction, val_groups=split.val_groups)
         record = {"by": "stimulus", **{part: getattr(splits, part).tolist() for part in ("train", "val", "test")}}
         if not len(splits.val):
             raise SplitError("data.split.val_fraction: the validation split is empty; the trainer selects "
