@@ -421,3 +421,29 @@ def test_permutation_p_values_are_uniform_without_signal():
     p_values = np.array(p_values)
     assert stats.kstest(p_values, "uniform").pvalue > 0.01
     assert 0.0 <= np.mean(p_values <= 0.1) <= 0.25
+
+
+def test_capped_labelled_ranking_never_uses_the_hidden_slot():
+    # Each query matches its label twin exactly, not its own target: when the twin is the pool
+    # slot the query must not see, the query's best correct candidate is its own target.
+    rng = np.random.default_rng(5)
+    targets = rng.standard_normal((60, 12))
+    labels = np.tile(np.arange(30), 2)
+    twin = (np.arange(60) + 30) % 60
+    brain = targets[twin]
+    cap = 9
+    scores = full_set_topk(brain, targets, k=(1, 3), labels=labels, max_negatives=cap, seed=2)
+    pool = np.random.default_rng(2).permutation(60)[: cap + 1]
+    full = cosine64(brain, targets)
+    hidden_twins = 0
+    for k in (1, 3):
+        expected = []
+        for i in range(60):
+            candidates = [j for j in pool if j != i] + [i] if i in pool else list(pool[:-1]) + [i]
+            hidden_twins += int(i not in pool and pool[-1] == twin[i]) if k == 1 else 0
+            correct = [j for j in candidates if labels[j] == labels[i]]
+            reference = max(full[i, j] for j in correct)
+            rank = 1 + sum(full[i, j] >= reference - 1e-6 for j in candidates if labels[j] != labels[i])
+            expected.append(rank <= k)
+        np.testing.assert_array_equal(scores[f"full-set top-{k}"][BRAIN_TO_STIMULUS].per_query, expected)
+    assert hidden_twins >= 1  # the case the test is about occurs

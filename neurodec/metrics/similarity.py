@@ -348,7 +348,12 @@ def rank_against(
             return block.ge_(threshold[:, None]).sum(dim=1).to(torch.int64)
 
         def best_correct(first: int, block: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-            correct = chunk_labels[:, None] == candidate_labels_t[None, first:first + block.shape[1]]
+            width = block.shape[1]
+            correct = chunk_labels[:, None] == candidate_labels_t[None, first:first + width]
+            if excluded is not None:  # a slot the query must not see cannot be its best correct one either
+                local = excluded - first
+                inside = (excluded >= 0) & (local >= 0) & (local < width)
+                correct[rows[inside], local[inside]] = False
             return torch.maximum(best, block.masked_fill(~correct, float("-inf")).max(dim=1).values)
 
         counted = torch.zeros(stop - start, dtype=torch.int64, device=device)
