@@ -36,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "OutputConfig",
+    "SpeechEvaluationConfig",
     "SplitConfig",
     "TrainConfig",
     "ValidationConfig",
@@ -281,10 +282,26 @@ class RidgeBaselineConfig(_Section):
     alphas: list[Annotated[float, Field(gt=0)]] | None = None   # default: logspace(-2, 6, 17)
 
 
+class SpeechEvaluationConfig(_Section):
+    """Speech segment retrieval in ``neurodec evaluate`` (docs/speech-evaluation.md).
+
+    ``enabled: auto`` scores it when the run reads windows of continuous recordings
+    (``data.window``) and every test stimulus is an ``audio`` segment whose metadata names
+    its ``word``; ``true`` requires it (an error says what is missing), ``false`` skips it.
+    ``max_negatives`` caps the candidates of each query, the true segment included
+    (brainmagick's ``wer_negatives``: 10,000)."""
+
+    enabled: Union[bool, Literal["auto"]] = "auto"
+    max_negatives: int = Field(10_000, ge=2)
+    top_ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 10])
+    word_top_ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10])
+
+
 class EvaluationConfig(_Section):
     """What ``neurodec evaluate`` computes beyond the encoder's own retrieval."""
 
     ridge: RidgeBaselineConfig = Field(default_factory=RidgeBaselineConfig)
+    speech: SpeechEvaluationConfig = Field(default_factory=SpeechEvaluationConfig)
 
 
 class ReconstructionConfig(_Section):

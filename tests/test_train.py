@@ -238,17 +238,23 @@ def test_a_run_killed_at_a_random_step_resumes_to_bitwise_the_same_parameters(fm
 
 
 # ----------------------------------------------------------------- two processes
+def launch_torchrun(config_path, run_dir, cwd, n_processes=2, timeout=240):
+    """``neurodec train CONFIG --run-dir RUN_DIR`` under ``torchrun`` (CPU, gloo); fails the test on error."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n_processes),
+         "-m", "neurodec", "train", str(config_path), "--run-dir", str(run_dir)],
+        env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    return launched
+
+
 def test_two_processes_give_the_metrics_and_parameters_of_one(fmri, tmp_path):
     document = config_dict(fmri["path"], tmp_path / "runs", name="ddp", train={"max_steps": 24})
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(document))
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "neurodec", "train", str(config_path), "--run-dir", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path,
-    )
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    launch_torchrun(config_path, tmp_path / "two", cwd=tmp_path)
     one = train(load_config(config_path), run_dir=tmp_path / "one")
     two_history = read_history(tmp_path / "two")
     assert [r["step"] for r in two_history] == [r["step"] for r in one.history]  # rank 0 alone wrote the log

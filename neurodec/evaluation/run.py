@@ -8,6 +8,10 @@ of training: the resolved config, the split, the fitted transform and the subjec
 stimuli, repetitions averaged when the config says so) and runs the protocols of
 :func:`neurodec.metrics.evaluate_retrieval`.
 
+Speech runs (windows of continuous recordings around word onsets, docs/speech-evaluation.md)
+also get brainmagick's segment retrieval in ``results["speech"]``; a run folder of repeated
+seeds (``train.n_seeds``) is evaluated seed by seed and reported with the mean and sd over seeds.
+
 >>> from neurodec.evaluation import evaluate_run, load_encoder, retrieve
 >>> results = evaluate_run("runs/fmri-demo")                                 # doctest: +SKIP
 >>> results["retrieval"]["fmri / mindeye"]["metrics"]["brain->stimulus"]["pooled"]["300-way top-1"]  # doctest: +SKIP
@@ -46,6 +50,7 @@ DATA_FILE = "data.json"
 TRANSFORM_FOLDER = "transform"
 ENCODER_FOLDER = "encoder"
 REPORT_FOLDER = "report"
+SUMMARY_FILE = "summary.json"
 SPLIT_PARTS = ("test", "val")
 DEFAULT_N_WAYS = (2, 4, 10, 50, 100, 200, 300)
 # Extractors whose weights come from outside the study (a published checkpoint, a file the
@@ -80,11 +85,28 @@ def _check_run_dir(run_dir: str | os.PathLike) -> Path:
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: no run folder there (expected the folder neurodec.training.train wrote, "
                              f"holding config.yaml, splits.json, data.json, best/encoder)")
-    if (run_dir / "summary.json").exists() and not (run_dir / SPLITS_FILE).exists():
+    if (run_dir / SUMMARY_FILE).exists() and not (run_dir / SPLITS_FILE).exists():
         seeds = sorted(p.name for p in run_dir.glob("seed-*") if p.is_dir())
-        raise RunFolderError(f"{run_dir}: holds repeated seeds ({', '.join(seeds) or 'summary.json only'}); "
-                             f"evaluate each seed folder, e.g. {run_dir / (seeds[0] if seeds else 'seed-0')}")
+        raise RunFolderError(f"{run_dir}: holds repeated seeds ({', '.join(seeds) or 'summary.json only'}), one "
+                             f"encoder each; load one seed folder, e.g. {run_dir / (seeds[0] if seeds else 'seed-0')} "
+                             f"(evaluate_run takes the whole folder and reports the mean and sd over seeds)")
     return run_dir
+
+
+def _seed_run_dirs(run_dir: Path) -> list[Path]:
+    """The seed folders of a run of repeated seeds (``train.n_seeds > 1``), in training order; [] otherwise."""
+    if not (run_dir / SUMMARY_FILE).exists() or (run_dir / SPLITS_FILE).exists():
+        return []
+    summary = _read_json(run_dir / SUMMARY_FILE)
+    names = summary.get("runs") if isinstance(summary, dict) else None
+    if not isinstance(names, list) or not names:
+        names = sorted(p.name for p in run_dir.glob("seed-*") if p.is_dir())
+    folders = [run_dir / str(name) for name in names]
+    missing = [str(folder) for folder in folders if not folder.is_dir()]
+    if missing or not folders:
+        raise RunFolderError(f"{run_dir / SUMMARY_FILE}: lists seed runs {names}, but {missing or 'none'} "
+                             f"are not folders of {run_dir}; the run of repeated seeds is incomplete")
+    return folders
 
 
 def _load_run_config(run_dir: Path):
@@ -469,7 +491,9 @@ def _target_rows(study_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.asarray([row_of[name] for name in wanted.tolist()], dtype=np.int64)
 
 
-def _ridge_entry(trained, config, study, splits, test_set, test_targets, metric_options, data_record) -> dict:
+def _ridge_entry(trained, config, study, splits, test_set, test_targets, metric_options,
+                 data_record) -> tuple[dict, np.ndarray]:
+    """The ridge baseline's report entry and its test predictions (flattened, in test item order)."""
     from neurodec.evaluation.baselines import ridge_baseline_per_subject
     from neurodec.metrics import evaluate_retrieval
     from neurodec.training._setup import make_dataset
@@ -513,7 +537,72 @@ def _ridge_entry(trained, config, study, splits, test_set, test_targets, metric_
         "n_features": {label[s]: int(brain["train"][s].shape[1]) for s in tested},
         "validation_curves": {name: result.to_dict() for name, result in results.items()},
     }
-    return {"kind": "ridge", "parameters": parameters, "metrics": metrics}
+    return {"kind": "ridge", "parameters": parameters, "metrics": metrics}, predictions
+
+
+# -------------------------------------------------------------------------- speech
+def _speech_words(config, study, candidate_ids: np.ndarray, run_dir: Path) -> np.ndarray | None:
+    """The word of each candidate segment when the speech protocol applies, else None.
+
+    With ``evaluation.speech.enabled: auto`` it applies when the run reads windows of
+    continuous recordings (``data.window``) and every test stimulus is an ``audio`` segment
+    whose metadata names its ``word`` (as :func:`neurodec.io.speech.make_segments` writes);
+    ``true`` requires that, ``false`` turns it off.
+    """
+    setting = config.evaluation.speech.enabled
+    if setting is False:
+        return None
+    problem, words = None, []
+    if config.data.window is None:
+        problem = "the run reads epoched trials (data.window is not set), not windows of continuous recordings"
+    else:
+        table = study.stimuli
+        row_of = {name: row for row, name in enumerate(table["id"].tolist())}
+        rows = np.asarray([row_of[name] for name in candidate_ids.tolist()], dtype=np.int64)
+        kinds = np.asarray(table["kind"])[rows]
+        metadata = np.asarray(table["metadata"])[rows]
+        for name, kind, text in zip(candidate_ids.tolist(), kinds.tolist(), metadata.tolist()):
+            word = json.loads(text or "{}").get("word") if kind == "audio" else None
+            if kind != "audio":
+                problem = f"test stimulus {name!r} is of kind {kind!r}, not an audio segment"
+            elif not isinstance(word, str):
+                problem = (f"test stimulus {name!r} has no 'word' in its metadata (speech segments made by "
+                           f"neurodec.io.speech.make_segments have one)")
+            if problem:
+                break
+            words.append(word)
+    if problem is None:
+        return np.asarray(words, dtype=object)
+    if setting is True:
+        raise ConfigError(f"{run_dir / CONFIG_FILE}: evaluation.speech.enabled is true, but {problem} in "
+                          f"{study.url}")
+    logger.info("speech segment retrieval not computed: %s", problem)
+    return None
+
+
+def _speech_entries(config, study, run_dir, stimulus_ids, subjects, ids, embeddings, scored: dict, *, seed: int,
+                    n_bootstrap: int, device) -> dict | None:
+    """``results["speech"]``: brainmagick's segment retrieval of each scored entry, or None when off.
+
+    ``scored`` maps an entry name to ``(entry fields, predictions in test item order)``.
+    The candidates are the distinct segments of the test items."""
+    from neurodec.metrics import segment_retrieval
+
+    candidate_ids = np.asarray(sorted(set(np.asarray(stimulus_ids).tolist())), dtype=object)
+    words = _speech_words(config, study, candidate_ids, run_dir)
+    if words is None:
+        return None
+    options = config.evaluation.speech
+    row_of = {name: row for row, name in enumerate(candidate_ids.tolist())}
+    segments = np.asarray([row_of[name] for name in np.asarray(stimulus_ids).tolist()], dtype=np.int64)
+    candidates = embeddings[_target_rows(ids, candidate_ids)]
+    logger.info("speech segment retrieval: %d queries against %d test segments (at most %d per query)",
+                len(segments), len(candidate_ids), options.max_negatives)
+    return {name: {**fields, "metrics": segment_retrieval(
+                predictions, candidates, segments, words=words, subjects=subjects,
+                max_negatives=options.max_negatives, top_ks=tuple(options.top_ks),
+                word_top_ks=tuple(options.word_top_ks), seed=seed, n_bootstrap=n_bootstrap, device=device)}
+            for name, (fields, predictions) in scored.items()}
 
 
 def evaluate_run(
@@ -557,6 +646,18 @@ def evaluate_run(
     of ``image_networks``, next to a shuffled-pairing baseline
     (:func:`neurodec.evaluation.reconstruct.score_reconstructions`).
 
+    Speech: when the run reads windows of continuous recordings and its test stimuli are
+    speech segments with words (``evaluation.speech``, docs/speech-evaluation.md), the report
+    gains a ``speech`` section: brainmagick's segment top-1 / top-10 and word top-10 of the
+    encoder (and of the ridge baseline), each query ranked against every test segment
+    (:func:`neurodec.metrics.segment_retrieval`), with chance and 95% intervals, per subject.
+
+    Repeated seeds: a run folder of ``train.n_seeds > 1`` (``seed-<s>/`` folders and
+    ``summary.json``) is evaluated seed by seed (each seed's report in its folder, or in
+    ``out_dir/seed-<s>``); the returned results, written to ``out_dir`` (default
+    ``run_dir/report``), list every seed's entries, the ridge baseline once (it does not
+    depend on the training seed), and for speech the mean and sd over seeds.
+
     Returns the results dict of docs/reports.md (JSON-ready; what ``report.json`` holds).
 
     >>> results = evaluate_run("runs/eeg-demo", n_permutations=200)       # doctest: +SKIP
@@ -569,6 +670,14 @@ def evaluate_run(
 
     if split not in SPLIT_PARTS:
         raise ConfigError(f"split: expected one of {SPLIT_PARTS}, found {split!r}")
+    seed_dirs = _seed_run_dirs(Path(run_dir)) if Path(run_dir).is_dir() else []
+    if seed_dirs:
+        return _evaluate_seeds(
+            Path(run_dir), seed_dirs, baselines=baselines, report=report, out_dir=out_dir,
+            options=dict(split=split, checkpoint=checkpoint, n_ways=n_ways, top_ks=top_ks,
+                         full_set_top_ks=full_set_top_ks, n_repeats=n_repeats, n_bootstrap=n_bootstrap,
+                         n_permutations=n_permutations, seed=seed, store=store, device=device, batch_size=batch_size,
+                         reconstructions=reconstructions, image_networks=image_networks))
     trained = load_encoder(run_dir, checkpoint, device=device)
     run_dir = trained.run_dir
     _require_file(run_dir / SPLITS_FILE, "the train/val/test split")
@@ -608,9 +717,15 @@ def evaluate_run(
     retrieval = {f"{modality} / {model_name}": {"modality": modality, "model": model_name, "checkpoint": checkpoint,
                                                 "metrics": metrics}}
     baseline_entries = {}
+    scored = {f"{modality} / {model_name}": ({"modality": modality, "model": model_name, "checkpoint": checkpoint},
+                                              brain)}
     if baselines:
-        entry = _ridge_entry(trained, config, study, splits, test_set, targets, metric_options, data_record)
+        entry, ridge_predictions = _ridge_entry(trained, config, study, splits, test_set, targets, metric_options,
+                                                data_record)
         baseline_entries[f"{modality} / ridge"] = {"modality": modality, **entry}
+        scored[f"{modality} / ridge"] = ({"modality": modality, "kind": "ridge"}, ridge_predictions)
+    speech = _speech_entries(config, study, run_dir, stimulus_ids, subjects, ids, embeddings, scored, seed=seed,
+                             n_bootstrap=n_bootstrap, device=device)
 
     first_subject = np.flatnonzero(subjects == subjects[0])
     meta = {
@@ -640,6 +755,8 @@ def evaluate_run(
                                                  rows=f"brain embeddings (subject {subjects[0]}, {split})",
                                                  columns=f"{trained.target_key} embeddings"),
     }
+    if speech is not None:
+        results["speech"] = speech
     folder = run_dir / "reconstructions" / split if reconstructions is True or reconstructions == "auto" else (
         Path(reconstructions) if reconstructions else None)
     if folder is not None and (reconstructions is not True and not (folder / "index.json").exists()):
@@ -657,6 +774,52 @@ def evaluate_run(
         paths = write_report(out, results, title=title)
         logger.info("report written to %s", paths.html)
     return results
+
+
+def _evaluate_seeds(run_dir: Path, seed_dirs: list[Path], *, baselines: bool, report: bool, out_dir,
+                    options: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate every seed of a run of repeated seeds; combine their results (speech: mean and sd over seeds)."""
+    from neurodec.metrics import summarize_over_seeds
+    from neurodec.report import validate_results, write_report
+
+    out = Path(out_dir) if out_dir is not None else run_dir / REPORT_FOLDER
+    per_seed: dict[str, dict[str, Any]] = {}
+    for index, folder in enumerate(seed_dirs):
+        logger.info("evaluating seed run %s (%d of %d)", folder, index + 1, len(seed_dirs))
+        # The ridge baseline reads the data, split and transform, none of which depends on train.seed: once.
+        per_seed[folder.name] = evaluate_run(folder, baselines=baselines and index == 0, report=report,
+                                             out_dir=None if out_dir is None else out / folder.name, **options)
+    names = list(per_seed)
+    first = per_seed[names[0]]
+
+    def by_seed(section: str) -> dict[str, Any]:
+        return {f"{entry} ({name})": {**value, "seed": name}
+                for name, results in per_seed.items() for entry, value in results.get(section, {}).items()}
+
+    meta = {**first["meta"], "run_dir": str(run_dir), "seeds": names,
+            "checkpoint": {name: results["meta"]["checkpoint"] for name, results in per_seed.items()}}
+    combined: dict[str, Any] = {"meta": meta, "retrieval": by_seed("retrieval"), "baselines": first["baselines"],
+                                "training_history": [], "similarity_excerpt": None}
+    if any(results.get("reconstruction") for results in per_seed.values()):
+        combined["reconstruction"] = by_seed("reconstruction")
+    if "speech" in first:
+        speech: dict[str, Any] = {}
+        for entry, value in first["speech"].items():
+            if "model" in value:
+                runs = {name: results["speech"][entry]["metrics"] for name, results in per_seed.items()}
+                speech[entry] = {"modality": value["modality"], "model": value["model"],
+                                 "over_seeds": summarize_over_seeds(runs)}
+        speech.update({entry: value for entry, value in by_seed("speech").items() if "model" in value})
+        speech.update({entry: value for entry, value in first["speech"].items() if "model" not in value})
+        combined["speech"] = speech
+    combined = validate_results(combined)
+    if report:
+        entry = next(iter(first["retrieval"].values()))
+        title = (f"{run_dir.name}: {entry['modality']} to {first['meta']['target_space']['key']} ({entry['model']}, "
+                 f"{options['split']} split, {len(names)} seeds)")
+        paths = write_report(out, combined, title=title)
+        logger.info("report of %d seeds written to %s", len(names), paths.html)
+    return combined
 
 
 __all__ = ["RetrievalResult", "TrainedEncoder", "describe_target_space", "evaluate_run", "load_encoder", "retrieve"]

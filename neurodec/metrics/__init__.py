@@ -8,6 +8,13 @@ Read ``docs/metrics.md`` for each metric, its recipe and the paper it matches. I
     report["brain->stimulus"]["pooled"]["200-way top-1"]      # NICE / ATM
     report["stimulus->brain"]["pooled"]["full-set top-10"]    # brainmagick
 
+Speech segments (brainmagick's protocol, docs/speech-evaluation.md)::
+
+    from neurodec.metrics import segment_retrieval
+
+    result = segment_retrieval(brain, targets, segments, words=words, subjects=subjects)
+    result["pooled"]["segment top-10"], result["pooled"]["word top-10"]
+
 Lower-level pieces: :func:`topk_chunked` and :func:`rank_of_true` (chunked similarity search
 that never builds the full matrix), :func:`n_way_topk` (MindEye / ATM N-way),
 :func:`full_set_topk` (brainmagick), :func:`bootstrap_interval` and :func:`permutation_test`.
@@ -54,6 +61,27 @@ __all__ = [
     "rank_of_true",
     "similarity_matrix",
     "topk_chunked",
+]
+
+# Speech segment retrieval (Défossez et al. 2023); see docs/speech-evaluation.md.
+from neurodec.metrics.speech import (  # noqa: E402
+    SegmentRanks,
+    candidate_pool,
+    segment_metric_name,
+    segment_ranks,
+    segment_retrieval,
+    summarize_over_seeds,
+    word_metric_name,
+)
+
+__all__ += [
+    "SegmentRanks",
+    "candidate_pool",
+    "segment_metric_name",
+    "segment_ranks",
+    "segment_retrieval",
+    "summarize_over_seeds",
+    "word_metric_name",
 ]
 
 # Image-reconstruction metrics (MindEye / MinD-Video recipes); see docs/image-metrics.md.

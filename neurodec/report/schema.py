@@ -10,7 +10,9 @@ Sections (``meta`` and ``retrieval`` are required, the others may be left out)::
                                    "parameters": {"alpha": {"01": 100.0}, "scoring": "cosine"},
                                    "metrics": evaluate_retrieval(...)}},
      "training_history": [{"step": 100, "loss": 3.2, "val 200-way top-1": 0.11}, ...],
-     "similarity_excerpt": {"matrix": [[...], ...], "rows": "brain", "columns": "images"}}
+     "similarity_excerpt": {"matrix": [[...], ...], "rows": "brain", "columns": "images"},
+     "speech": {"meg / brainmagick": {"modality": "meg", "model": "brainmagick",
+                                      "metrics": segment_retrieval(...)}}}
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ import numpy as np
 from neurodec.errors import ReportInputError
 from neurodec.metrics import DIRECTIONS
 
-SECTIONS = ("meta", "retrieval", "baselines", "training_history", "similarity_excerpt", "reconstruction")
+SECTIONS = ("meta", "retrieval", "baselines", "training_history", "similarity_excerpt", "reconstruction", "speech")
 REQUIRED_SECTIONS = ("meta", "retrieval")
 # What evaluate_retrieval returns and the report reads.
 METRICS_KEYS = ("subjects", "n_items", "chance", *DIRECTIONS)
 DIRECTION_KEYS = ("pooled", "subject_mean", "subject_sd", "per_subject", "interval", "p_value")
+# What neurodec.metrics.segment_retrieval returns and the report reads.
+SPEECH_METRICS_KEYS = ("metrics", "pooled", "interval", "per_subject", "chance", "subjects", "n_queries",
+                       "n_candidates", "n_segments", "max_negatives")
+SPEECH_SEED_KEYS = ("n_seeds", "runs", "mean", "sd", "chance")
 # The similarity excerpt is a picture, not a data dump.
 MAX_EXCERPT_SIZE = 500
 
@@ -109,6 +115,44 @@ def validate_metrics(metrics: Any, where: str) -> None:
                 _fail(f"{where}][{direction!r}]['interval'][{metric!r}", "[low, high]", interval)
 
 
+def validate_speech_entry(entry: Any, where: str) -> None:
+    """One entry of the ``speech`` section: a run's :func:`neurodec.metrics.segment_retrieval`
+    output under ``metrics``, or :func:`neurodec.metrics.summarize_over_seeds` under ``over_seeds``."""
+    if not isinstance(entry, dict):
+        _fail(where, "a dict {'modality', 'model' or 'kind', 'metrics' or 'over_seeds'}", entry)
+    _require(entry, "modality", where, "a modality name (a string)", lambda value: isinstance(value, str))
+    if not isinstance(entry.get("model", entry.get("kind")), str):
+        raise ReportInputError(f"results[{where}]: expected 'model' (an encoder) or 'kind' (a baseline), a string")
+    if ("metrics" in entry) == ("over_seeds" in entry):
+        raise ReportInputError(f"results[{where}]: expected exactly one of 'metrics' (the output of "
+                               f"neurodec.metrics.segment_retrieval) and 'over_seeds' (summarize_over_seeds), "
+                               f"found {sorted(key for key in ('metrics', 'over_seeds') if key in entry) or 'neither'}")
+    if "over_seeds" in entry:
+        summary = entry["over_seeds"]
+        for key in SPEECH_SEED_KEYS:
+            _require(summary, key, f"{where}]['over_seeds'", "the output of neurodec.metrics.summarize_over_seeds",
+                     lambda value: value is not None)
+        for part in ("mean", "sd"):
+            for metric, value in summary[part].items():
+                if not _is_number(value):
+                    _fail(f"{where}]['over_seeds'][{part!r}][{metric!r}", "a number", value)
+        return
+    metrics = entry["metrics"]
+    for key in SPEECH_METRICS_KEYS:
+        _require(metrics, key, f"{where}]['metrics'", "the output of neurodec.metrics.segment_retrieval",
+                 lambda value: value is not None)
+    chance = _require(metrics["chance"], "pooled", f"{where}]['metrics']['chance'", "{metric: chance level}",
+                      lambda value: isinstance(value, dict))
+    for metric in metrics["metrics"]:
+        if not _is_number(metrics["pooled"].get(metric)):
+            _fail(f"{where}]['metrics']['pooled'][{metric!r}", "a number", metrics["pooled"].get(metric))
+        if not _is_number(chance.get(metric)):
+            _fail(f"{where}]['metrics']['chance']['pooled'][{metric!r}", "a number", chance.get(metric))
+    for metric, interval in metrics["interval"].items():
+        if not (isinstance(interval, list) and len(interval) == 2 and all(map(_is_number, interval))):
+            _fail(f"{where}]['metrics']['interval'][{metric!r}", "[low, high]", interval)
+
+
 def validate_results(results: Any) -> dict:
     """Check ``results`` against the schema of docs/reports.md; return its JSON-ready copy.
 
@@ -187,6 +231,12 @@ def validate_results(results: Any) -> dict:
         _require(entry, "modality", where, "a modality name (a string)", lambda value: isinstance(value, str))
         _require(entry, "metrics", where, "{metric name: {'value', 'ci95', ...} or {'unavailable': text}}",
                  lambda value: isinstance(value, dict) and bool(value))
+
+    speech = results.setdefault("speech", {})
+    if not isinstance(speech, dict):
+        _fail("'speech'", "a dict {entry name: {'modality', 'model' or 'kind', 'metrics' or 'over_seeds'}}", speech)
+    for name, entry in speech.items():
+        validate_speech_entry(entry, f"'speech'][{name!r}")
 
     excerpt = results["similarity_excerpt"]
     if excerpt is not None:

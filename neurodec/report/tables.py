@@ -174,6 +174,127 @@ def protocol_text(metrics_dict: dict) -> str:
     return text
 
 
+# Speech segment retrieval ----------------------------------------------------------------
+
+def _speech_metric_names(speech: dict) -> list[str]:
+    """Every speech metric of the entries, in order of first appearance (segment, then word)."""
+    names: list[str] = []
+    for entry in speech.values():
+        listed = entry["metrics"]["metrics"] if "metrics" in entry else list(entry["over_seeds"]["mean"])
+        names += [metric for metric in listed if metric not in names]
+    return names
+
+
+def _speech_kind(entry: dict) -> str:
+    return entry.get("model", entry.get("kind", MISSING))
+
+
+def speech_table(speech: dict) -> Table:
+    """One row per evaluated entry (a run or a baseline): each metric with its 95% CI, and chance."""
+    evaluated = {name: entry for name, entry in speech.items() if "metrics" in entry}
+    metrics = _speech_metric_names(evaluated)
+    header = ["entry", "model / kind", "queries", "candidates"]
+    for metric in metrics:
+        header += [metric, f"{metric} 95% CI", f"{metric} chance"]
+    rows = []
+    for name, entry in evaluated.items():
+        values = entry["metrics"]
+        candidates = f"{values['n_candidates']} of {values['n_segments']}"
+        row = [name, _speech_kind(entry), str(sum(values["n_queries"].values())), candidates]
+        for metric in metrics:
+            row += [format_percent(values["pooled"].get(metric)), format_interval(values["interval"].get(metric)),
+                    format_percent(values["chance"]["pooled"].get(metric))]
+        rows.append(row)
+    return Table(header, rows)
+
+
+def speech_seeds_table(speech: dict) -> Table:
+    """One row per encoder trained with several seeds: each metric's mean ± sd over seeds, and chance."""
+    summaries = {name: entry for name, entry in speech.items() if "over_seeds" in entry}
+    metrics = _speech_metric_names(summaries)
+    header = ["entry", "model", "seeds"]
+    for metric in metrics:
+        header += [f"{metric} mean ± sd", f"{metric} chance"]
+    rows = []
+    for name, entry in summaries.items():
+        summary = entry["over_seeds"]
+        row = [name, _speech_kind(entry), str(summary["n_seeds"])]
+        for metric in metrics:
+            row += [format_mean_sd(summary["mean"].get(metric), summary["sd"].get(metric)),
+                    format_percent(summary["chance"].get(metric))]
+        rows.append(row)
+    return Table(header, rows)
+
+
+def speech_per_subject_table(metrics_dict: dict) -> Table:
+    """One row per subject of one entry: queries, then each metric's value, 95% CI and chance."""
+    metrics = metrics_dict["metrics"]
+    header = ["subject", "queries"]
+    for metric in metrics:
+        header += [metric, f"{metric} 95% CI", f"{metric} chance"]
+    rows = []
+    intervals = metrics_dict.get("per_subject_interval", {})
+    for subject in metrics_dict["subjects"]:
+        values = metrics_dict["per_subject"].get(subject, {})
+        chance = metrics_dict["chance"].get("per_subject", {}).get(subject, {})
+        row = [subject, str(metrics_dict["n_queries"].get(subject, MISSING))]
+        for metric in metrics:
+            row += [format_percent(values.get(metric)), format_interval(intervals.get(subject, {}).get(metric)),
+                    format_percent(chance.get(metric))]
+        rows.append(row)
+    return Table(header, rows)
+
+
+def speech_protocol_text(metrics_dict: dict) -> str:
+    """How one entry's speech numbers were computed, in one paragraph."""
+    n, total = metrics_dict["n_candidates"], metrics_dict["n_segments"]
+    if metrics_dict.get("capped"):
+        candidates = (f"each query ranked against {n} candidates: a pool of {n} of the {total} test segments drawn "
+                      f"with seed {metrics_dict.get('seed')} (a query whose segment is not in it meets the pool "
+                      f"without its last segment, plus its own)")
+    else:
+        candidates = (f"each query ranked against all {total} test segments (at most {metrics_dict['max_negatives']} "
+                      f"per query)")
+    confidence = metrics_dict.get("confidence")
+    bootstrap = (f"; {100 * confidence:g}% bootstrap intervals over queries ({metrics_dict.get('n_bootstrap')} "
+                 f"resamples, within subjects when pooled)") if confidence is not None else ""
+    return (f"Speech segment retrieval (Défossez et al. 2023): {candidates}; "
+            f"score: {metrics_dict.get('score', MISSING)}; ties {metrics_dict.get('ties', MISSING)}; a word top-k "
+            f"hit is a candidate among the k best that starts with the true segment's word; pooled over all "
+            f"queries{bootstrap}.")
+
+
+def format_speech_summary(results: dict) -> str:
+    """A short plain-text table of speech segment retrieval: each entry's metrics and chance, in percent.
+
+    Runs show their pooled value, encoders of several seeds ``mean ± sd`` over the seeds; an
+    empty string when the results have no speech section.
+
+    >>> print(format_speech_summary(results))   # doctest: +SKIP
+    speech                      seed(s)  segment top-1  segment top-10  word top-10   chance segment top-1  ...
+    meg / brainmagick           3 seeds  40.10 ± 1.20   70.70 ± 0.90    75.20 ± 0.80  0.01                  ...
+    meg / brainmagick (seed-0)  seed-0   41.20          71.00           75.90         0.01                  ...
+    """
+    speech = results.get("speech") or {}
+    if not speech:
+        return ""
+    metrics = _speech_metric_names(speech)
+    header = ["speech", "seed(s)"] + metrics + [f"chance {metric}" for metric in metrics]
+    rows = []
+    for name, entry in speech.items():
+        if "over_seeds" in entry:
+            summary = entry["over_seeds"]
+            values = [format_mean_sd(summary["mean"].get(m), summary["sd"].get(m)) for m in metrics]
+            chance = summary["chance"]
+            seeds = f"{summary['n_seeds']} seeds"
+        else:
+            values = [format_percent(entry["metrics"]["pooled"].get(m)) for m in metrics]
+            chance = entry["metrics"]["chance"]["pooled"]
+            seeds = entry.get("seed", "")
+        rows.append([name, seeds] + values + [format_percent(chance.get(m)) for m in metrics])
+    return plain_table(header, rows)
+
+
 def provenance_table(results: dict, generated: dict) -> Table:
     meta = results["meta"]
     target_space = meta["target_space"]

@@ -17,6 +17,7 @@ from neurodec.report.schema import validate_results
 from neurodec.report.tables import (
     Block,
     baselines_table,
+    format_speech_summary,
     markdown_table_blocks,
     comparison_table,
     detail_table,
@@ -28,6 +29,10 @@ from neurodec.report.tables import (
     provenance_table,
     render_html,
     render_markdown,
+    speech_per_subject_table,
+    speech_protocol_text,
+    speech_seeds_table,
+    speech_table,
     training_table,
 )
 from neurodec.metrics import DIRECTIONS
@@ -80,6 +85,8 @@ def _blocks(results: dict, title: str, generated: dict, figures: list) -> list[B
               Block("text", f"Generated {generated['generated (UTC)']} UTC by neurodec {generated['neurodec version']}. "
                             "Accuracies, chance levels and intervals in percent.")]
     blocks += [Block("heading", "Summary"), Block("code", format_summary_table(results))]
+    if results["speech"]:
+        blocks.append(Block("code", format_speech_summary(results)))
     blocks += [Block("heading", "Provenance"), Block("table", table=provenance_table(results, generated)),
                Block("heading", "Config", level=3),
                Block("code", json.dumps(results["meta"]["config"], indent=2, sort_keys=True))]
@@ -102,6 +109,8 @@ def _blocks(results: dict, title: str, generated: dict, figures: list) -> list[B
             blocks += [Block("heading", f"{name}: full-set ranking", level=3),
                        Block("table", table=detail_table(metrics, full_set))]
         blocks += [Block("heading", f"{name}: per subject", level=3), Block("table", table=per_subject_table(metrics))]
+    if results["speech"]:
+        blocks += _speech_blocks(results["speech"])
     if results["baselines"]:
         blocks += [Block("heading", "Baselines"), Block("table", table=baselines_table(results))]
     if results["reconstruction"]:
@@ -121,6 +130,24 @@ def _blocks(results: dict, title: str, generated: dict, figures: list) -> list[B
     if figures:
         blocks.append(Block("heading", "Figures"))
         blocks += [Block("figure", figure=figure) for figure in figures]
+    return blocks
+
+
+def _speech_blocks(speech: dict) -> list[Block]:
+    """The speech section: mean ± sd over seeds, every run and baseline with CI and chance, per subject."""
+    blocks = [Block("heading", "Speech segment retrieval")]
+    evaluated = {name: entry for name, entry in speech.items() if "metrics" in entry}
+    if evaluated:
+        blocks.append(Block("text", speech_protocol_text(next(iter(evaluated.values()))["metrics"])))
+    if any("over_seeds" in entry for entry in speech.values()):
+        blocks += [Block("heading", "Mean and sd over seeds (pooled values of each seed's run)", level=3),
+                   Block("table", table=speech_seeds_table(speech))]
+    if evaluated:
+        blocks += [Block("heading", "Runs and baselines (pooled over subjects)", level=3),
+                   Block("table", table=speech_table(speech))]
+    for name, entry in evaluated.items():
+        blocks += [Block("heading", f"{name}: speech, per subject", level=3),
+                   Block("table", table=speech_per_subject_table(entry["metrics"]))]
     return blocks
 
 
