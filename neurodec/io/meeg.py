@@ -381,13 +381,14 @@ def recording_from_raw(
         kept = epochs.selection
         events, stimulus_ids = events.select(kept), stimulus_ids[kept]
         if settings.resample is not None:
-            preprocess.resample(epochs, settings.resample, steps)
+            preprocess.resample(epochs, settings.resample, steps, method=settings.resample_method)
         data = epochs.get_data()
         inst, layout, sample = epochs, "epoched", None
     else:
         if settings.resample is not None:
             mne_events = np.c_[current + raw.first_samp, np.zeros((len(current), 2), dtype=np.int64)]
-            resampled = preprocess.resample(raw, settings.resample, steps, events=mne_events if len(current) else None)
+            resampled = preprocess.resample(raw, settings.resample, steps, events=mne_events if len(current) else None,
+                                            method=settings.resample_method)
             if len(current):
                 current = resampled[:, 0] - raw.first_samp
         data = raw.get_data()
@@ -423,7 +424,7 @@ def _trial_preprocessing(inst, options: IngestOptions, steps: list[dict[str, Any
     if options.epochs is not None and options.epochs.baseline is not None:
         preprocess.baseline(inst, options.epochs.baseline, steps)
     if settings.resample is not None:
-        preprocess.resample(inst, settings.resample, steps)
+        preprocess.resample(inst, settings.resample, steps, method=settings.resample_method)
 
 
 def recording_from_epochs(

@@ -97,6 +97,10 @@ class PreprocessingOptions(_Section):
     notch: list[float] | None = None
     bandpass: BandPassOptions | None = None
     resample: float | None = None
+    # MNE's resampling method. "fft" (MNE's default, npad="auto") moves samples by up to half
+    # an output sample on short recordings (the padded length rounds the rate ratio);
+    # "polyphase" (scipy's resample_poly) keeps every output sample k at time k / sfreq.
+    resample_method: Literal["fft", "polyphase"] = "fft"
     robust_scale: bool = False
     clamp: float | None = None
 

@@ -71,13 +71,14 @@ def bandpass(inst, l_freq: float | None, h_freq: float | None, method: str, step
     steps.append(step)
 
 
-def resample(inst, sfreq: float, steps: list[dict[str, Any]], events: np.ndarray | None = None):
-    """``inst.resample(sfreq)``; for a raw with ``events`` returns MNE's resampled events."""
+def resample(inst, sfreq: float, steps: list[dict[str, Any]], events: np.ndarray | None = None,
+             method: str = "fft"):
+    """``inst.resample(sfreq, method=method)``; for a raw with ``events`` returns MNE's resampled events."""
     from_sfreq = float(inst.info["sfreq"])
     if events is not None and len(events):
-        _, events = inst.resample(sfreq, events=events, verbose="error")
+        _, events = inst.resample(sfreq, events=events, method=method, verbose="error")
     else:
-        inst.resample(sfreq, verbose="error")
+        inst.resample(sfreq, method=method, verbose="error")
     steps.append(
         {
             "step": "resample",
@@ -86,7 +87,7 @@ def resample(inst, sfreq: float, steps: list[dict[str, Any]], events: np.ndarray
             "from_sfreq": from_sfreq,
             "npad": "auto",
             "window": "auto",
-            "method": "fft",
+            "method": method,
         }
     )
     return events
