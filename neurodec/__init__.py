@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from neurodec.api import (  # noqa: E402
     adapt,
+    convert,
     embed,
     evaluate,
     info,
@@ -32,6 +33,7 @@ __all__ = [
     "StoreWriter",
     "__version__",
     "adapt",
+    "convert",
     "embed",
     "evaluate",
     "info",

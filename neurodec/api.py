@@ -14,8 +14,8 @@ from typing import Any
 
 from neurodec.store import Study, format_summary, open_store, summarize
 
-__all__ = ["adapt", "embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "reconstruct", "retrieve",
-           "simulate_cohort", "train", "train_decoder"]
+__all__ = ["adapt", "convert", "embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "reconstruct",
+           "retrieve", "simulate_cohort", "train", "train_decoder"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -42,6 +42,19 @@ def ingest(
     return ingest_recordings(
         [Path(s) for s in sources], out, options=options, overwrite=overwrite, append=append
     )
+
+
+def convert(recipe: str, source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Study:
+    """Convert a public study from its published layout into a store with its recipe.
+
+    Recipes: ``meg-masc``, ``schoffelen-mous``, ``brennan2019``, ``broderick2019``
+    (:mod:`neurodec.io.recipes`; each module's ``convert`` lists its options).
+
+    >>> study = convert("meg-masc", "/data/meg-masc", "meg-masc.zarr", subjects=["01"])  # doctest: +SKIP
+    """
+    from neurodec.io.recipes import convert as convert_study
+
+    return convert_study(recipe, source, out, **options)
 
 
 def simulate_cohort(out: str | os.PathLike, **parameters: Any):

@@ -18,7 +18,9 @@ from neurodec.models import create_model
 from tests.conftest import PROJECT_ROOT
 
 CONFIGS = PROJECT_ROOT / "configs"
-PUBLIC = ["things-eeg2/nice.yaml", "things-eeg2/atm.yaml", "things-meg/benchetrit.yaml", "nsd/mindeye2.yaml"]
+SPEECH = ["meg-masc/defossez.yaml", "schoffelen-mous/defossez.yaml", "brennan2019/defossez.yaml",
+          "broderick2019/defossez.yaml"]
+PUBLIC = ["things-eeg2/nice.yaml", "things-eeg2/atm.yaml", "things-meg/benchetrit.yaml", "nsd/mindeye2.yaml", *SPEECH]
 DEMO = ["demo/eeg.yaml", "demo/meg.yaml", "demo/fmri.yaml"]
 
 # The demo cohort (docs/demo-cohort.md, `neurodec info .neurodec/demo/demo.zarr`, seed 0).
@@ -33,6 +35,13 @@ PUBLIC_SHAPES = {
     "things-eeg2/atm.yaml": {"n_chans": 63, "n_times": 250, "sfreq": 250.0, "n_subjects": 10},
     "things-meg/benchetrit.yaml": {"n_chans": 271, "n_times": 180, "sfreq": 120.0, "n_subjects": 4},
     "nsd/mindeye2.yaml": {"n_voxels": [15724, 14278, 15226, 13153, 13039, 17907, 12682, 14386]},
+    # Speech (Défossez et al. 2023): 3 s windows at 120 Hz. MEG-MASC: 208 KIT sensors, 27
+    # subjects; MOUS: 273 CTF axial gradiometers, 96 auditory subjects; Brennan: 60 scalp
+    # channels, the paper's 33 datasets; Broderick: 128 BioSemi channels, 19 subjects.
+    "meg-masc/defossez.yaml": {"n_chans": 208, "n_times": 360, "sfreq": 120.0, "n_subjects": 27},
+    "schoffelen-mous/defossez.yaml": {"n_chans": 273, "n_times": 360, "sfreq": 120.0, "n_subjects": 96},
+    "brennan2019/defossez.yaml": {"n_chans": 60, "n_times": 360, "sfreq": 120.0, "n_subjects": 33},
+    "broderick2019/defossez.yaml": {"n_chans": 128, "n_times": 360, "sfreq": 120.0, "n_subjects": 19},
 }
 
 
@@ -52,7 +61,11 @@ def test_config_loads_and_its_loss_builds(name):
     assert set(loss.terms) == set(config.loss.terms)
     # Checkpoints are chosen on validation, never on test.
     assert config.train.selection_metric.startswith("val/")
-    assert config.data.average_test_repetitions
+    # Test trials of one stimulus are averaged (the image studies' protocols), except in speech
+    # configs (windows of continuous recordings, data.window): each heard window is its own
+    # query in Défossez et al. 2023.
+    assert config.data.average_test_repetitions == (config.data.window is None)
+    assert (config.data.window is not None) == (name in SPEECH)
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -60,6 +73,22 @@ def test_public_config_builds_its_model_at_paper_size_on_meta(name):
     config = load_config(CONFIGS / name)
     model = _model(config, PUBLIC_SHAPES[name], device="meta")
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+@pytest.mark.parametrize("name", SPEECH)
+def test_speech_config_evaluates_as_defossez_et_al(name):
+    config = load_config(CONFIGS / name)
+    window = config.data.window
+    assert (window.tmin, window.tmax, window.shift) == (-0.5, 2.5, 0.15)
+    assert round((window.tmax - window.tmin) * PUBLIC_SHAPES[name]["sfreq"]) == PUBLIC_SHAPES[name]["n_times"]
+    speech = config.evaluation.speech
+    # brainmagick test.wer_negatives 10,000 (the true segment included); segment top-1 and
+    # top-10; word-level top-10 (test.wer_topx).
+    assert (speech.enabled, speech.max_negatives, speech.top_ks, speech.word_top_ks) == (True, 10_000, [1, 10], [10])
+    model = _model(config, PUBLIC_SHAPES[name], device="meta")
+    # One 270 x 270 matrix per subject; time-resolved 1024-d output for the wav2vec2 frames.
+    assert sum(p.numel() for p in model.subject_layer.parameters()) == PUBLIC_SHAPES[name]["n_subjects"] * 270 * 270
+    assert config.model.arguments()["temporal_pooling"] == "none" and model.n_outputs == 1024
 
 
 def test_nice_config_has_nice_stand_values():

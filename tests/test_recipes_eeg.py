@@ -55,7 +55,7 @@ SOUND_RATE = 16000
 VOCABULARY = ("alice", "was", "beginning", "to", "get", "very", "tired", "of", "sitting", "by", "her", "sister")
 IMPULSE_UV = 100.0
 WINDOW = {"tmin": -0.5, "tmax": 2.5, "shift": 0.15}
-RESAMPLE_ONLY = {"resample": 120.0, "resample_method": "polyphase"}  # the default without the band-pass
+RESAMPLE_ONLY = {"bandpass": None}  # laid over the default: 120 Hz polyphase, without the band-pass
 ONSET_INDEX = 42  # a window starts round((tmin + shift) * 120) = -42 samples from the onset
 
 
@@ -251,7 +251,9 @@ def test_brennan_positions_are_the_electrode_files(brennan):
 def test_brennan_values_in_volts_and_the_papers_subset(tmp_path):
     root = tmp_path / "alice"
     brennan_replica(root, subjects=("S01",), seconds={"S01": 50.0})
-    study = convert("brennan2019", root, tmp_path / "raw.zarr", subjects="use", preprocessing=None, picks=None)
+    # The last words of sound file 2 (it ends at 48.5 s) have brain windows past the EEG's 50 s: dropped.
+    study = convert("brennan2019", root, tmp_path / "raw.zarr", subjects="use", preprocessing=None, picks=None,
+                    on_outside="drop")
     recording = study.recordings()[0]
     assert study.subjects == ["S01"]  # datasets.mat: use = {'S01.mat'}
     stored = np.asarray(recording.data[...], dtype=np.float64)
@@ -281,7 +283,10 @@ def test_brennan_bad_input_is_refused_with_the_file_named(tmp_path):
     study = convert("brennan2019", root, tmp_path / "b.zarr", subjects="2", preprocessing=RESAMPLE_ONLY,
                     on_outside="drop")
     recording = study.recordings()[0]
-    late = [onset for onset in BRENNAN_STARTS["S02"][2] + replica_onsets(root, 2) if onset >= 45.0]
+    # Left out: the words heard after the EEG stopped, and those whose brain window (to 2.65 s
+    # after the onset) runs past its end.
+    late = [onset for onset in BRENNAN_STARTS["S02"][2] + replica_onsets(root, 2)
+            if onset + WINDOW["tmax"] + WINDOW["shift"] > 45.0]
     assert recording.attrs["info"]["words_outside_recording"] == len(late) > 0
     assert recording.events["sample"].max() < recording.shape[1]
     # A dataset without its preprocessing parameters cannot be aligned.
@@ -450,6 +455,7 @@ def test_broderick_other_sampling_rate_is_refused(tmp_path):
 def test_docstring_examples():
     import doctest
 
-    from neurodec.io.recipes import brennan2019, broderick2019
+    from neurodec.io.recipes import _common, _speech, brennan2019, broderick2019
 
-    assert doctest.testmod(brennan2019).failed == 0 and doctest.testmod(broderick2019).failed == 0
+    for module in (brennan2019, broderick2019, _common, _speech):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -256,6 +256,20 @@ def check_segments_follow_the_words(replica: Replica, study, block: float) -> di
     return segments
 
 
+def leaking_words(recording: ReplicaRecording, segments: dict[str, dict]) -> set[str]:
+    """The segments of a recording whose 120 Hz brain window (from round(onset * 120) - 42, 360
+    samples) shares a sample with the window of a segment of the other split."""
+    windows = {}
+    for w in recording.words:
+        sid = f"{w.sound}@{w.start:.3f}s"
+        if sid in segments:
+            start = round(w.onset * SFREQ_OUT) + WINDOW_OFFSET
+            windows[sid] = (start, start + WINDOW_LENGTH, segments[sid]["split"])
+    return {a for a, (start, stop, split) in windows.items()
+            if any(other_split != split and max(start, other_start) < min(stop, other_stop)
+                   for other_start, other_stop, other_split in windows.values())}
+
+
 def check_windows_line_up(replica: Replica, study, bump_channel: str) -> None:
     """Each window holds MNE's own resampled data from round(onset * 120) - 42, and the
     replica's bump at the onset sits at sample 42 of the window."""
@@ -320,16 +334,31 @@ def test_meg_masc_segments_follow_the_events(masc):
     dropped = study.provenance["parameters"]["segments"]["dropped"]["crosses a split boundary"]
     assert dropped == len(heard) - len(segments) > 0
     # Both subjects heard lw1: one segment per word, shared by their events (sub-02's words
-    # were placed from the 'sound' rows, without 'start').
+    # were placed from the 'sound' rows, without 'start'). Recording-time leakage: sub-02
+    # heard lw1_1 9.5 s after lw1_0 (sub-01: 10 s), so lw1_0's last word (at 8.55 s, a training
+    # block) and lw1_1's first (at 11.3 s, a test block) are 2.75 s apart; their 3 s brain
+    # windows share samples, and both events are dropped from sub-02's recording only.
     events_01 = set(study.recording("sub-01/ses-0/run-0").events["stimulus_id"].tolist())
     events_02 = set(study.recording("sub-02/ses-0/run-0").events["stimulus_id"].tolist())
-    assert events_01 == events_02 and events_01 <= set(segments)
-    # Each recording's events: exactly its kept words, value = the word.
+    assert events_01 - events_02 == {"lw1_0@7.050s", "lw1_1@0.300s"} and events_02 < events_01 <= set(segments)
+    assert (segments["lw1_0@7.050s"]["split"], segments["lw1_1@0.300s"]["split"]) == ("train", "test")
+    # Each recording's events: exactly its kept words, value = the word, less those whose
+    # 120 Hz window shares a sample with a window of the other split.
     for key, recording in replica.recordings.items():
+        leaking = leaking_words(recording, segments)
         events = study.recording(key).events
         expected = sorted((f"{w.sound}@{w.start:.3f}s", w.word) for w in recording.words
-                          if f"{w.sound}@{w.start:.3f}s" in segments)
+                          if f"{w.sound}@{w.start:.3f}s" in segments and f"{w.sound}@{w.start:.3f}s" not in leaking)
         assert sorted(zip(events["stimulus_id"].tolist(), events["value"].tolist())) == expected
+        info = study.recording(key).attrs["info"]
+        assert (info["words_outside_recording"], info["words_overlapping_other_split"]) == (0, len(leaking))
+    parameters = study.provenance["parameters"]
+    assert parameters["words_dropped_by_recording"] == {
+        "sub-02/ses-0/run-0": {"words_outside_recording": 0, "words_overlapping_other_split": 2}}
+    assert parameters["words_overlapping_dropped"] == 2 and parameters["words_outside_dropped"] == 0
+    # The events' story lands in each segment's metadata.
+    assert {(s["sound"], s["story"]) for s in segments.values()} == {
+        ("lw1_0", "lw1"), ("lw1_1", "lw1"), ("the_black_willow_0", "The_Black_Willow")}
     # The capitalised, float-indexed names of the events found the lower-case files.
     assert {s["sound"] for s in segments.values()} == {"lw1_0", "lw1_1", "the_black_willow_0"}
     check_audio_spans(replica, study, segments)
@@ -520,7 +549,12 @@ def test_mous_segments_follow_the_sounds_and_alignments(mous):
     blocks = {s["block"]: s["split"] for s in segments.values()}
     assert sorted(blocks) == [f"{MOUS_PREFIX}{n:03d}#0" for n in range(1, 5)]
     assert sorted(blocks.values()) == ["test", "train", "train", "train"]
+    # Each segment's metadata holds its wav's sentence (stimuli.txt).
+    assert {s["sound"]: s["sentence"] for s in segments.values()} == {
+        f"{MOUS_PREFIX}{n:03d}": text for n, text in MOUS_SENTENCES.items()}
     # Words placed at 'Audio onset' (sub-A2002) or at 'Start File' (sub-A2003, no audio-onset rows).
+    # Every word is kept: a wav's last word and the next wav's first are exactly 3 s apart, so
+    # their brain windows touch without sharing a sample, whatever their splits.
     for key, recording in replica.recordings.items():
         events = study.recording(key).events
         stored = sorted(zip(events["stimulus_id"].tolist(), events["onset"].tolist(), events["sample"].tolist()))
@@ -579,10 +613,37 @@ def test_mous_alignment_table_sound_unit_and_bad_input(mous, tmp_path):
         convert(root, tmp_path / "missing.zarr", alignments=table)
 
 
+# ---------------------------------------------------------------- reading KIT through BIDS
+def test_read_raw_bids_reads_the_real_kit_file(real_data, tmp_path):
+    """mne-bids passes preload=False to the KIT reader itself (a second preload is refused);
+    neurodec.io.bids.read_raw_bids loads the data afterwards, or leaves it on disk."""
+    import mne
+    import mne_bids
+
+    from neurodec.io.bids import find_bids_recordings, read_raw_bids
+
+    path = real_data / "kit" / "test_as-raw.con"
+    kit = mne.io.read_raw_kit(path, verbose="error")
+    kit.info["line_freq"] = 60.0
+    root = tmp_path / "bids"
+    mne_bids.write_raw_bids(kit, mne_bids.BIDSPath(subject="01", session="0", task="0", datatype="meg", root=root),
+                            verbose="error")
+    [recording] = find_bids_recordings(root)
+    assert recording.fpath.name == "sub-01_ses-0_task-0_meg.con"
+    raw = read_raw_bids(recording)
+    direct = mne.io.read_raw_kit(path, preload=True, verbose="error")
+    # mne-bids reads the file without MNE's synthetic trigger channel; every other channel is the same.
+    assert raw.preload and raw.ch_names == [name for name in direct.ch_names if name != "STI 014"]
+    assert raw.info["sfreq"] == direct.info["sfreq"] == 1000.0
+    np.testing.assert_array_equal(raw.get_data(), direct.get_data(picks=raw.ch_names))
+    header = read_raw_bids(recording, preload=False)
+    assert not header.preload and (header.n_times, header.first_samp) == (direct.n_times, direct.first_samp)
+
+
 # ---------------------------------------------------------------- options and configs
 def test_recipe_options_lay_preprocessing_over_the_papers_defaults():
     from neurodec.io.options import load_options
-    from neurodec.io.recipes.meg_masc import ingest_options
+    from neurodec.io.recipes._common import ingest_options
 
     default = load_options({**ingest_options({}, None), "kind": "audio"})
     assert (default.preprocessing.resample, default.preprocessing.resample_method) == (120.0, "polyphase")

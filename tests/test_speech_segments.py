@@ -242,3 +242,155 @@ def test_validation_blocks_are_whole_and_windows_line_up(tmp_path):
     np.testing.assert_array_equal(item["brain"].numpy(), data[:, start: start + 300])
     with pytest.raises(ConfigError, match="no metadata field 'scene'"):
         split_stimuli(study, val_fraction=0.2, val_groups="scene")
+
+
+# ------------------------------------------------- recordings written by write_speech_store
+def _listening_recording(subject, played, seconds, *, seed=0, on_read=None):
+    """A SpeechRecording of 2 EEG channels at 100 Hz that heard ``played``: (sound, onset of the
+    sound in the recording, [onsets of words in the sound]); its raw is made when read."""
+    from neurodec.io.recipes._speech import HeardWords, SpeechRecording
+
+    words = HeardWords()
+    for sound, start, onsets in played:
+        for onset in onsets:
+            words.add(sound, onset, start + onset, f"{sound}{onset:g}", origin=f"{sound} word at {onset:g} s",
+                      metadata={"story": {"a": "alpha", "b": "beta"}[sound]})
+
+    def read_raw():
+        import mne
+
+        info = mne.create_info(["c1", "c2"], 100.0, "eeg")
+        raw = mne.io.RawArray(np.random.default_rng(seed).standard_normal((2, int(seconds * 100))) * 1e-6, info,
+                              verbose="error")
+        if on_read is not None:
+            on_read(subject, raw)
+        return raw
+
+    return SpeechRecording(subject=subject, session="01", run="01", task="listen", words=words, read_raw=read_raw)
+
+
+BACK_TO_BACK_WORDS = {"a": [0.5, 2.0, 5.0, 7.0, 8.5, 9.5], "b": [0.2, 1.0, 2.5, 6.0]}
+
+
+def test_recording_time_leakage_drops_both_windows_of_back_to_back_sounds(tmp_path):
+    """Hand-worked: sounds a (train) and b (test), 10 s each, one 10 s block each, so no window
+    crosses a block boundary in sound time. Subject 01 hears b right after a (a from 1 s, b
+    from 11 s); subject 02 hears b first and a 10 s after b ends.
+
+    Brain windows are [r - 0.35, r + 2.65) around each word's onset r in the recording, so two
+    windows overlap when their onsets are less than 3 s apart. Subject 01's onsets: a at 1.5,
+    3, 6, 8, 9.5, 10.5 s; b at 11.2, 12, 13.5, 17 s. Pairs of a and b closer than 3 s: 9.5-11.2,
+    9.5-12, 10.5-11.2, 10.5-12; 8 and 11.2 are 3.2 s apart, 10.5 and 13.5 exactly 3 s (windows
+    touching, kept). Dropped: a@8.500s, a@9.500s, b@0.200s, b@1.000s. Subject 02: none."""
+    import gc
+    import weakref
+
+    from neurodec.data import WindowDataset
+    from neurodec.io.recipes._speech import write_speech_store as write_store
+
+    sounds = [SoundFile("a", RATE, RATE * 10), SoundFile("b", RATE, RATE * 10)]
+    out = tmp_path / "speech.zarr"
+    read = []
+
+    def on_read(subject, raw):
+        # Streaming: the previous recording is written and its raw released before the next is read.
+        gc.collect()
+        assert [ref() for _, ref in read] == [None] * len(read), f"{[s for s, _ in read]} still in memory"
+        assert not out.exists()
+        read.append((subject, weakref.ref(raw)))
+
+    recordings = [
+        _listening_recording("01", [("a", 1.0, BACK_TO_BACK_WORDS["a"]), ("b", 11.0, BACK_TO_BACK_WORDS["b"])], 22.0,
+                             on_read=on_read),
+        _listening_recording("02", [("b", 1.0, BACK_TO_BACK_WORDS["b"]), ("a", 21.0, BACK_TO_BACK_WORDS["a"])], 35.0,
+                             seed=1, on_read=on_read),
+    ]
+    study = write_store(out, recordings, sounds, converter="leakage test", segment_options={
+        "block_duration": 10.0, "test_fraction": 0.5, "seed": 3}, options={"preprocessing": {}})
+    assert [subject for subject, _ in read] == ["01", "02"]
+    split = dict(zip(study.stimuli["id"].tolist(), study.stimuli["split"].tolist()))
+    assert {s[0]: p for s, p in split.items()} == {"a": "train", "b": "test"}  # seed 3 holds out b
+    assert len(split) == 10 and study.provenance["parameters"]["segments"]["dropped"]["crosses a split boundary"] == 0
+
+    first = study.recording("sub-01/ses-01/run-01")
+    assert sorted(first.events["stimulus_id"].tolist()) == [
+        "a@0.500s", "a@2.000s", "a@5.000s", "a@7.000s", "b@2.500s", "b@6.000s"]
+    assert first.events["sample"].tolist() == [150, 300, 600, 800, 1350, 1700]
+    second = study.recording("sub-02/ses-01/run-01")
+    assert sorted(second.events["stimulus_id"].tolist()) == sorted(split)
+    assert first.attrs["info"]["words_overlapping_other_split"] == 4
+    assert second.attrs["info"]["words_overlapping_other_split"] == 0
+    assert first.attrs["info"]["words_outside_recording"] == second.attrs["info"]["words_outside_recording"] == 0
+    parameters = study.provenance["parameters"]
+    assert parameters["words_overlapping_dropped"] == 4 and parameters["words_dropped_by_recording"] == {
+        "sub-01/ses-01/run-01": {"words_outside_recording": 0, "words_overlapping_other_split": 4}}
+
+    # Independently, on the windows as WindowDataset cuts them (100 Hz: from sample - 35, 300
+    # samples): no training window shares a sample with a test window of the same recording.
+    windows = WindowDataset(study, tmin=-0.5, tmax=2.5, shift=0.15)
+    samples = {}
+    for (key, row), stimulus in zip(windows.trial_events, windows.stimulus_ids):
+        start = int(study.recording(key).events["sample"][row]) - 35
+        samples.setdefault((key, split[stimulus]), set()).update(range(start, start + windows.n_times))
+    assert windows.n_times == 300 and len(windows) == 16
+    for key in study.recording_keys:
+        assert not samples[(key, "train")] & samples[(key, "test")]
+    # The words' metadata lands in each segment's.
+    stories = {row["sound"]: row["story"] for row in map(json.loads, study.stimuli["metadata"].tolist())}
+    assert stories == {"a": "alpha", "b": "beta"}
+
+
+def test_write_speech_store_refuses_words_outside_and_leaves_nothing_on_error(tmp_path):
+    from neurodec.io.recipes._speech import HeardWords, write_speech_store as write_store
+
+    sounds = [SoundFile("a", RATE, RATE * 10), SoundFile("b", RATE, RATE * 10)]
+    options = {"segment_options": {"block_duration": 10.0, "test_fraction": 0.5, "seed": 3},
+               "options": {"preprocessing": {}}}
+    # Subject 02 hears b from 8 s and the recording stops at 12 s: b's word at 4.2 s (12.2 s in
+    # the recording) lies outside; those at 1.5 and 2 s (9.5 and 10 s) have brain windows to
+    # 12.15 and 12.65 s, past the end; those at 0.2 and 1 s (windows to 10.85 and 11.65 s) stay.
+    recordings = [_listening_recording("01", [("a", 1.0, BACK_TO_BACK_WORDS["a"]),
+                                              ("b", 25.0, BACK_TO_BACK_WORDS["b"])], 40.0),
+                  _listening_recording("02", [("b", 8.0, [0.2, 1.0, 1.5, 2.0, 4.2])], 12.0)]
+    with pytest.raises(EventError, match=r"sub-02 ses-01 run-01: 1 of 5 word onsets fall outside the recording "
+                                         r"\(0 to 12 s\) and 2 more .* e\.g\. b word at 4.2 s: word 'b4.2' of 'b' at "
+                                         r"12.2 s lies outside"):
+        write_store(tmp_path / "error.zarr", recordings, sounds, converter="outside test", on_outside="error",
+                    **options)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # the first recording's data went too
+    study = write_store(tmp_path / "drop.zarr", recordings, sounds, converter="outside test", **options)  # drop
+    stored = study.recording("sub-02/ses-01/run-01")
+    assert stored.attrs["info"]["words_outside_recording"] == 3
+    assert stored.events["stimulus_id"].tolist() == ["b@0.200s", "b@1.000s"]
+    assert study.provenance["parameters"]["words_outside_dropped"] == 3
+
+    # A duration known from the file's header: refused before any recording is read.
+    read = []
+    early = [_listening_recording(r.subject, played, seconds, on_read=lambda subject, raw: read.append(subject))
+             for r, (played, seconds) in zip(recordings, [([("a", 1.0, [0.5])], 40.0),
+                                                          ([("b", 8.0, [0.2, 4.2])], 12.0)])]
+    early[1].duration = 12.0
+    with pytest.raises(EventError, match=r"sub-02 ses-01 run-01: 1 of 2 word onsets fall outside"):
+        write_store(tmp_path / "early.zarr", early, sounds, converter="outside test", on_outside="error", **options)
+    assert read == [] and not (tmp_path / "early.zarr").exists()
+
+    with pytest.raises(ConfigError, match="same metadata fields"):
+        recordings[0].words.add("a", 2.0, 2.0, "y")  # its other words name their story
+    with pytest.raises(ConfigError, match="a segment's own fields"):
+        HeardWords().add("a", 2.0, 2.0, "y", metadata={"block": 3})
+    with pytest.raises(ConfigError, match=r"on_outside: expected one of \['error', 'drop'\]"):
+        write_store(tmp_path / "x.zarr", recordings, sounds, converter="outside test", on_outside="raise")
+
+
+def test_words_near_the_recording_edges_are_dropped_and_onsets_outside_are_errors():
+    from neurodec.io.recipes._speech import HeardWords, words_inside
+
+    words = HeardWords()
+    for onset in (0.2, 5.0, 9.0):
+        words.add("s", onset, onset, "w")
+    # Windows reaching past an edge: left out even when errors are asked for.
+    assert words_inside(words, 10.0, (-0.35, 2.65), "error", "rec").tolist() == [False, True, False]
+    words.add("s", 12.0, 12.0, "late")
+    with pytest.raises(EventError, match="1 of 4 word onsets fall outside the recording.*'late'"):
+        words_inside(words, 10.0, (-0.35, 2.65), "error", "rec")
+    assert words_inside(words, 10.0, (-0.35, 2.65), "drop", "rec").tolist() == [False, True, False, False]

@@ -200,7 +200,9 @@ def test_two_seeds_are_evaluated_as_published_with_mean_and_sd(speech_store, tmp
         brain, segment_ids, subjects = windows_by_hand(speech_store, run.run_dir / seed)
         expected = published_metrics_by_hand(speech_store, brain, segment_ids)
         metrics = speech[f"meg / brainmagick ({seed})"]["metrics"]
-        assert metrics["n_segments"] == metrics["n_candidates"] == expected["n_segments"] == 28
+        # 28 test segments, less the 3 whose brain windows overlap training windows in recording
+        # time (story1 starts 1 s after story0 ends) and are dropped when the store is written.
+        assert metrics["n_segments"] == metrics["n_candidates"] == expected["n_segments"] == 25
         assert sum(metrics["n_queries"].values()) == len(segment_ids) and metrics["subjects"] == ["01", "02"]
         assert metrics["pooled"] == pytest.approx(expected["pooled"], abs=1e-12)
         assert metrics["chance"]["pooled"] == pytest.approx(expected["chance"], abs=1e-12)

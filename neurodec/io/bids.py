@@ -68,16 +68,23 @@ def find_bids_recordings(root: str | Path, *, subject=None, session=None, task=N
     return sorted(unique.values(), key=lambda r: str(r.fpath))
 
 
-def read_raw_bids(recording: BidsRecording):
-    """The raw of a BIDS recording through ``mne_bids.read_raw_bids`` (sidecars applied)."""
+def read_raw_bids(recording: BidsRecording, *, preload: bool = True):
+    """The raw of a BIDS recording through ``mne_bids.read_raw_bids`` (sidecars applied),
+    its data loaded (``preload=False``: the header only, the data left on disk).
+
+    The data are loaded after reading, not through ``extra_params={"preload": True}``:
+    mne-bids passes ``preload=False`` to the KIT and BTi readers itself, and refuses a
+    second value.
+
+    >>> raw = read_raw_bids(find_bids_recordings("/data/bids", subject="01")[0])  # doctest: +SKIP
+    """
     import mne_bids
 
-    raw = read_with(
-        lambda: mne_bids.read_raw_bids(recording.path, extra_params={"preload": True}, verbose="error"),
-        recording.fpath,
-        f"BIDS {recording.datatype} (mne_bids.read_raw_bids)",
-    )
-    return raw
+    def read():
+        raw = mne_bids.read_raw_bids(recording.path, verbose="error")
+        return raw.load_data(verbose="error") if preload else raw
+
+    return read_with(read, recording.fpath, f"BIDS {recording.datatype} (mne_bids.read_raw_bids)")
 
 
 def read_channels_tsv(path: str | Path):

@@ -616,6 +616,11 @@ class StoreWriter:
         _write_recording_group(self._root, path, recording)
         self._recordings.append({"key": recording.key, "path": path, "subject": recording.subject})
 
+    def update_provenance(self, entries: Mapping[str, Any]) -> None:
+        """Add (or replace) top-level provenance entries before :meth:`commit`, for what is
+        known only once the recordings are written (e.g. how many events a converter dropped)."""
+        self._manifest["provenance"].update(dict(entries))
+
     def commit(self) -> Study:
         if self._stimuli is None:
             raise StoreError(f"{self.target.url}: a store needs a stimuli table (set_stimuli) before commit")

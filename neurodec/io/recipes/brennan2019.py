@@ -37,13 +37,21 @@ choices made.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from neurodec.errors import ConfigError, EventError, InputFileError
-from neurodec.io.recipes._speech import HeardWords, SpeechRecording, write_speech_store
+from neurodec.errors import ConfigError, InputFileError
+from neurodec.io.recipes._common import EEG_PICKS, EEG_PREPROCESSING, as_list, check_choice, ingest_options, read_mat
+from neurodec.io.recipes._speech import (
+    OUTSIDE_POLICIES,
+    HeardWords,
+    SpeechRecording,
+    segment_options,
+    write_speech_store,
+)
 from neurodec.io.speech import DEFAULT_SHIFT, DEFAULT_TMAX, DEFAULT_TMIN, SoundFile, read_sound_file
 
 logger = logging.getLogger("neurodec")
@@ -58,99 +66,12 @@ MONTAGE_FILE = "easycapM10-acti61_elec.sfp"
 SUBSETS_FILE = "datasets.mat"
 #: EOG channels; the other non-scalp channels (AUD, Aux5: the audio the amplifier recorded) are misc.
 EOG_CHANNELS = ("VEOG", "HEOG")
-#: Default preprocessing (docs/recipes-eeg.md): 0.5-40 Hz band-pass, then 120 Hz (Défossez et al.),
-#: polyphase, which keeps output sample k at k / 120 s (MNE's FFT method with npad="auto" moves
-#: samples by up to half an output sample when the length is not a whole number at 120 Hz).
-DEFAULT_PREPROCESSING: dict[str, Any] = {"bandpass": {"l_freq": 0.5, "h_freq": 40.0}, "resample": 120.0,
-                                         "resample_method": "polyphase"}
-DEFAULT_PICKS = ("eeg",)
+#: Default preprocessing (docs/recipes-eeg.md): 0.5-40 Hz band-pass, then 120 Hz (Défossez et al.), polyphase.
+DEFAULT_PREPROCESSING = EEG_PREPROCESSING
+DEFAULT_PICKS = EEG_PICKS
 #: How far apart (s) a trl row's onset may be from the csv's onset of the same word.
 ONSET_TOLERANCE = 0.0015
 _UNIT_SCALE = {"uv": 1e-6, "µv": 1e-6, "μv": 1e-6, "mv": 1e-3, "v": 1.0, "nv": 1e-9}
-OUTSIDE_POLICIES = ("error", "drop")
-
-
-# ------------------------------------------------------------------ helpers shared with broderick2019
-def read_mat(path: Path, variables: Sequence[str], what: str) -> dict[str, Any]:
-    """Variables of a MATLAB v5/v7 file (``scipy.io.loadmat``, cells and structs simplified).
-
-    A missing file, a v7.3 (HDF5) file or a missing variable raises
-    :class:`~neurodec.errors.InputFileError` naming the file.
-    """
-    from scipy.io import loadmat, whosmat
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{what} {path} does not exist")
-    try:
-        content = loadmat(path, variable_names=list(variables), simplify_cells=True)
-    except NotImplementedError:
-        raise InputFileError(
-            f"{path}: a MATLAB v7.3 (HDF5) file; this recipe reads MATLAB v5/v7 files (scipy.io.loadmat). "
-            f"Re-save it from MATLAB with save(..., '-v7')"
-        ) from None
-    except Exception as error:  # scipy raises ValueError, TypeError, struct errors on damaged files
-        raise InputFileError(f"{path}: not a readable MATLAB file ({type(error).__name__}: {error})") from None
-    missing = [name for name in variables if name not in content]
-    if missing:
-        found = [entry[0] for entry in whosmat(path)]
-        raise InputFileError(f"{path}: variable(s) {missing} missing from the {what}; found {found}")
-    return content
-
-
-def check_words_inside(words: HeardWords, duration: float, policy: str, where: str) -> int:
-    """How many heard words fall outside ``[0, duration)`` s of their recording.
-
-    ``policy="error"`` raises :class:`~neurodec.errors.EventError` when there is any (a
-    recording stopped early, or a wrong alignment); ``"drop"`` logs them and returns the
-    count: ``recording_from_raw`` leaves events outside the data out of the store, and a
-    segment no recording heard inside its data keeps its stimulus row without a window.
-    """
-    onsets = np.asarray(words.onset_in_recording, dtype=np.float64)
-    outside = (onsets < 0) | (onsets >= duration)
-    if not outside.any():
-        return 0
-    first = int(np.flatnonzero(outside)[0])
-    description = (f"{where}: {int(outside.sum())} of {len(onsets)} word onsets fall outside the recording "
-                   f"(0 to {duration:.3f} s), e.g. {words.word[first]!r} of {words.sound[first]!r} at "
-                   f"{onsets[first]:.3f} s")
-    if policy == "error":
-        raise EventError(f"{description}; pass on_outside='drop' to leave them out (the recording stopped "
-                         f"early) or check the alignment")
-    logger.warning("%s; they are left out (on_outside='drop')", description)
-    return int(outside.sum())
-
-
-def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(f"{name}: expected one of {list(choices)}, found {value!r}")
-    return value
-
-
-def ingest_options(preprocessing: Mapping[str, Any] | None, picks: Sequence[str] | str | None) -> dict[str, Any]:
-    """The :class:`~neurodec.io.options.IngestOptions` fields of an EEG speech recipe:
-    ``preprocessing`` holds ``PreprocessingOptions`` fields (``bandpass``, ``resample``, ...)."""
-    chosen = preprocessing.model_dump() if hasattr(preprocessing, "model_dump") else dict(preprocessing or {})
-    options: dict[str, Any] = {"modality": "eeg", "preprocessing": chosen}
-    if picks is not None:
-        options["picks"] = [picks] if isinstance(picks, str) else list(picks)
-    return options
-
-
-def segment_options(tmin: float, tmax: float, shift: float, block_duration: float, test_fraction: float,
-                    seed: int) -> dict[str, Any]:
-    return {"tmin": float(tmin), "tmax": float(tmax), "shift": float(shift), "block_duration": float(block_duration),
-            "test_fraction": float(test_fraction), "seed": int(seed)}
-
-
-def as_list(values: Any) -> list[Any]:
-    """A MATLAB cell or char value read by ``loadmat(simplify_cells=True)`` as a list."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        return [values]
-    return list(np.atleast_1d(np.asarray(values, dtype=object)).ravel())
 
 
 # ------------------------------------------------------------------ the study's files
@@ -362,12 +283,14 @@ def convert(
     (``datasets.mat``), or None for every dataset with its ``proc/Sxx.mat``. Each becomes
     one continuous recording (subject ``Sxx``, session and run ``01``, task ``alice``)
     with one event per heard word. ``preprocessing`` holds
-    :class:`~neurodec.io.options.PreprocessingOptions` fields (default: 0.5-40 Hz band-pass,
-    then polyphase resampling to 120 Hz; ``None``: the native 500 Hz, unfiltered); ``picks`` keeps channel types or
+    :class:`~neurodec.io.options.PreprocessingOptions` fields laid over the default (0.5-40 Hz
+    band-pass, then polyphase resampling to 120 Hz; ``{"bandpass": None}`` drops the band-pass;
+    ``None``: the native 500 Hz, unfiltered); ``picks`` keeps channel types or
     names (the 60 scalp channels by default; ``None`` keeps VEOG and the audio channel too).
     ``montage`` replaces ``SOURCE/easycapM10-acti61_elec.sfp``; ``mark_bads`` marks the
     channels of ``proc.rejections.badchans`` as bad. ``on_outside``: ``"error"`` or
-    ``"drop"`` for words heard after the recording stopped. The segment options go to
+    ``"drop"`` for words heard after the recording stopped; words so near its end that their
+    brain window runs past it are always left out (both counted in each recording's info). The segment options go to
     :func:`neurodec.io.speech.make_segments`. Returns the written Study.
 
     >>> from neurodec.io.recipes import convert
@@ -377,7 +300,7 @@ def convert(
     if not source.is_dir():
         raise InputFileError(f"{source}: not a folder; expected the unpacked Deep Blue release of {NAME}")
     check_choice(on_outside, "on_outside", OUTSIDE_POLICIES)
-    options = ingest_options(preprocessing, picks)
+    options = ingest_options(preprocessing, picks, defaults=EEG_PREPROCESSING, modality="eeg")
     segments = segment_options(tmin, tmax, shift, block_duration, test_fraction, seed)
     words = read_words_table(source / WORDS_FILE)
     positions = read_positions(Path(montage) if montage is not None else source / MONTAGE_FILE)
@@ -405,29 +328,17 @@ def convert(
         bads = []
         if mark_bads and isinstance(proc.get("rejections"), dict):
             bads = [str(name) for name in as_list(proc["rejections"].get("badchans"))]
-        info_extra: dict[str, Any] = {"sound_starts": {str(k): v for k, v in starts.items()}}
         recordings.append(SpeechRecording(
             subject=subject, session="01", run="01", task="alice", words=heard,
-            read_raw=_raw_reader(data_file, positions, bads, heard, on_outside, info_extra),
+            read_raw=partial(read_fieldtrip_raw, data_file, positions, bads=bads),
             source=describe_source(data_file, "FieldTrip raw structure (MATLAB)", extra_companions=[proc_file]),
-            info_extra=info_extra,
+            info_extra={"sound_starts": {str(k): v for k, v in starts.items()}}, path=data_file,
         ))
     parameters = {"source": str(source.resolve()), "subjects": [r.subject for r in recordings],
                   "montage": str(Path(montage) if montage is not None else MONTAGE_FILE), "mark_bads": mark_bads,
-                  "on_outside": on_outside, "alignment": "proc.trl: (begsample - offset - 1) / fsample - tmin"}
+                  "alignment": "proc.trl: (begsample - offset - 1) / fsample - tmin"}
     return write_speech_store(out, recordings, sounds, converter=CONVERTER, options=options, segment_options=segments,
-                              parameters=parameters, overwrite=overwrite)
-
-
-def _raw_reader(path: Path, positions, bads, heard: HeardWords, on_outside: str, info_extra: dict[str, Any]):
-    def read():
-        raw = read_fieldtrip_raw(path, positions, bads=bads)
-        duration = raw.n_times / raw.info["sfreq"]
-        # Filled before recording_from_raw reads info_extra, so the store records the count.
-        info_extra["words_outside_recording"] = check_words_inside(heard, duration, on_outside, str(path))
-        return raw
-
-    return read
+                              parameters=parameters, overwrite=overwrite, on_outside=on_outside)
 
 
 __all__ = ["CONVERTER", "DEFAULT_PICKS", "DEFAULT_PREPROCESSING", "convert", "read_fieldtrip_raw", "sound_starts"]

@@ -30,22 +30,20 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from neurodec.errors import ConfigError, InputFileError
-from neurodec.io.recipes._speech import HeardWords, SpeechRecording, write_speech_store
-from neurodec.io.recipes.brennan2019 import (
-    DEFAULT_PREPROCESSING,
+from neurodec.io.recipes._common import EEG_PICKS, EEG_PREPROCESSING, as_list, check_choice, ingest_options, read_mat
+from neurodec.io.recipes._speech import (
     OUTSIDE_POLICIES,
-    as_list,
-    check_choice,
-    check_words_inside,
-    ingest_options,
-    read_mat,
+    HeardWords,
+    SpeechRecording,
     segment_options,
+    write_speech_store,
 )
 from neurodec.io.speech import DEFAULT_SHIFT, DEFAULT_TMAX, DEFAULT_TMIN, SoundFile, read_sound_file
 
@@ -53,7 +51,9 @@ logger = logging.getLogger("neurodec")
 
 NAME = "broderick2019"
 CONVERTER = "neurodec.io.recipes.broderick2019"
-DEFAULT_PICKS = ("eeg",)
+#: As Brennan 2019: 0.5-40 Hz band-pass, then 120 Hz (polyphase); the 128 scalp channels.
+DEFAULT_PREPROCESSING = EEG_PREPROCESSING
+DEFAULT_PICKS = EEG_PICKS
 FOLDER = "Natural Speech"
 #: The sampling rate of the release (the 512 Hz recordings were downsampled to 128 Hz).
 STATED_SFREQ = 128.0
@@ -104,6 +104,25 @@ def read_run_words(path: Path) -> tuple[list[str], np.ndarray]:
     return words, onsets
 
 
+def _checked_rate(content: dict[str, Any], path: Path) -> float:
+    sfreq = float(np.asarray(content["fs"]).ravel()[0])
+    if abs(sfreq - STATED_SFREQ) > 1e-6:
+        raise InputFileError(f"{path}: fs is {sfreq:g} Hz; the study releases every run at {STATED_SFREQ:g} Hz (a "
+                             f"different rate means another version of the file)")
+    return sfreq
+
+
+def run_duration(path: Path) -> float | None:
+    """Seconds of EEG in a ``Subject<N>_Run<R>.mat``, from ``fs`` and the shape of ``eegData``
+    (``scipy.io.whosmat``: the samples are not read); None when the shape is not a matrix
+    (:func:`read_run_eeg` then says what is wrong)."""
+    from scipy.io import whosmat
+
+    sfreq = _checked_rate(read_mat(path, ["fs"], "EEG file"), path)
+    shape = {name: shape for name, shape, _ in whosmat(path)}.get("eegData")
+    return shape[0] / sfreq if shape is not None and len(shape) == 2 else None
+
+
 def read_run_eeg(path: Path, *, eeg_unit: str = "uV", reference: str = "none"):
     """A ``Subject<N>_Run<R>.mat`` as an MNE RawArray in volts, with BioSemi 128 positions.
 
@@ -113,10 +132,7 @@ def read_run_eeg(path: Path, *, eeg_unit: str = "uV", reference: str = "none"):
     import mne
 
     content = read_mat(path, ["eegData", "mastoids", "fs"], "EEG file")
-    sfreq = float(np.asarray(content["fs"]).ravel()[0])
-    if abs(sfreq - STATED_SFREQ) > 1e-6:
-        raise InputFileError(f"{path}: fs is {sfreq:g} Hz; the study releases every run at {STATED_SFREQ:g} Hz (a "
-                             f"different rate means another version of the file)")
+    sfreq = _checked_rate(content, path)
     eeg = np.asarray(content["eegData"], dtype=np.float64)
     mastoids = np.asarray(content["mastoids"], dtype=np.float64)
     if eeg.ndim != 2 or eeg.shape[1] != N_CHANNELS:
@@ -162,11 +178,14 @@ def convert(
     ``01``, task ``naturalspeech``) with one event per word of ``Stimuli/Text/Run<R>.mat``.
     ``audio_dir`` holds ``audio<R>.wav`` (default ``SOURCE/Stimuli/Audio``). ``reference``:
     ``"none"`` (as released) or ``"mastoids"``; ``preprocessing`` holds
-    :class:`~neurodec.io.options.PreprocessingOptions` fields (default: 0.5-40 Hz band-pass,
-    then polyphase resampling to 120 Hz; ``None``: the native 128 Hz, unfiltered); ``picks`` keeps channel types or
+    :class:`~neurodec.io.options.PreprocessingOptions` fields laid over the default (0.5-40 Hz
+    band-pass, then polyphase resampling to 120 Hz; ``{"bandpass": None}`` drops the band-pass;
+    ``None``: the native 128 Hz, unfiltered); ``picks`` keeps channel types or
     names (the 128 scalp channels by default). ``eeg_unit``: the unit of ``eegData``
     (``"uV"``, ``"mV"`` or ``"V"``). ``on_outside``: ``"error"`` or ``"drop"`` for words
-    after the run's EEG ends. The segment options go to
+    after the run's EEG ends (checked from the files' headers before any run is converted);
+    words so near its end that their brain window runs past it are always left out and
+    counted. The segment options go to
     :func:`neurodec.io.speech.make_segments`. Returns the written Study.
 
     >>> from neurodec.io.recipes import convert
@@ -181,7 +200,7 @@ def convert(
     check_choice(reference, "reference", _REFERENCES)
     check_choice(eeg_unit, "eeg_unit", _UNITS)
     check_choice(on_outside, "on_outside", OUTSIDE_POLICIES)
-    options = ingest_options(preprocessing, picks)
+    options = ingest_options(preprocessing, picks, defaults=EEG_PREPROCESSING, modality="eeg")
     segments = segment_options(tmin, tmax, shift, block_duration, test_fraction, seed)
     audio = Path(audio_dir) if audio_dir is not None else source / AUDIO_DIR
 
@@ -215,29 +234,18 @@ def convert(
             heard = HeardWords()
             for word, onset in zip(words, onsets.tolist()):
                 heard.add(sound_path.stem, onset, onset, word)
-            info_extra: dict[str, Any] = {}
             recordings.append(SpeechRecording(
                 subject=f"{subject:02d}", session="01", run=f"{run:02d}", task="naturalspeech", words=heard,
-                read_raw=_raw_reader(eeg_file, eeg_unit, reference, heard, on_outside, info_extra),
-                source=describe_source(eeg_file, "Broderick et al. run (MATLAB)"), info_extra=info_extra,
+                read_raw=partial(read_run_eeg, eeg_file, eeg_unit=eeg_unit, reference=reference),
+                source=describe_source(eeg_file, "Broderick et al. run (MATLAB)"), path=eeg_file,
+                duration=run_duration(eeg_file),
             ))
     parameters = {"source": str(source.resolve()), "audio_dir": str(audio.resolve()),
                   "recordings": [f"{r.subject}/{r.run}" for r in recordings], "reference": reference,
-                  "eeg_unit": eeg_unit, "montage": MONTAGE, "on_outside": on_outside,
+                  "eeg_unit": eeg_unit, "montage": MONTAGE,
                   "alignment": "EEG sample 0 = audio onset; word at onset_time s"}
     return write_speech_store(out, recordings, sounds, converter=CONVERTER, options=options, segment_options=segments,
-                              parameters=parameters, overwrite=overwrite)
-
-
-def _raw_reader(path: Path, eeg_unit: str, reference: str, heard: HeardWords, on_outside: str,
-                info_extra: dict[str, Any]):
-    def read():
-        raw = read_run_eeg(path, eeg_unit=eeg_unit, reference=reference)
-        info_extra["words_outside_recording"] = check_words_inside(heard, raw.n_times / raw.info["sfreq"],
-                                                                   on_outside, str(path))
-        return raw
-
-    return read
+                              parameters=parameters, overwrite=overwrite, on_outside=on_outside)
 
 
 __all__ = ["CONVERTER", "DEFAULT_PICKS", "convert", "read_run_eeg", "read_run_words"]

@@ -49,25 +49,36 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from neurodec.errors import ConfigError, EventError, InputFileError
-from neurodec.io.recipes._speech import HeardWords, SpeechRecording, write_speech_store
+from neurodec.errors import EventError, InputFileError
+from neurodec.io.recipes._common import (
+    MEG_PICKS,
+    SPEECH_PREPROCESSING,
+    bids_labels,
+    bids_root,
+    check_choice,
+    check_event_samples,
+    event_numbers,
+    ingest_options,
+    read_events_tsv,
+)
+from neurodec.io.recipes._speech import (
+    OUTSIDE_POLICIES,
+    HeardWords,
+    SpeechRecording,
+    segment_options,
+    write_speech_store,
+)
 from neurodec.io.speech import DEFAULT_SHIFT, DEFAULT_TMAX, DEFAULT_TMIN, SoundFile, read_sound_file
 
 logger = logging.getLogger("neurodec")
 
 CONVERTER = "neurodec.io.recipes.meg_masc"
-#: brainmagick: resample every study to 120 Hz, no high-pass (``dset.highpass: 0``). Polyphase
-#: resampling keeps each 120 Hz sample at k / 120 s, so word onsets land on their sample (MNE's
-#: default FFT resampling with ``npad="auto"`` moves them by up to half a sample).
-DEFAULT_PREPROCESSING: dict[str, Any] = {"resample": 120.0, "resample_method": "polyphase"}
-#: The MEG sensors by type: reference sensors, trigger and misc channels are left out. (The
-#: type name "meg" would keep CTF's reference channels: MNE adds them while compensation is on.)
-DEFAULT_PICKS = ("mag", "grad")
+#: brainmagick: resample every study to 120 Hz (polyphase here), no high-pass (``dset.highpass: 0``).
+DEFAULT_PREPROCESSING = SPEECH_PREPROCESSING
+#: The MEG sensors, without reference sensors, trigger and misc channels.
+DEFAULT_PICKS = MEG_PICKS
 #: Onsets in the sound from ``start`` and from the recording may differ by rounding to samples.
 START_TOLERANCE = 0.01
-OUTSIDE_POLICIES = ("error", "drop")
 
 
 def convert(
@@ -96,15 +107,16 @@ def convert(
     processing). ``picks`` are MNE channel types or names (default: the MEG sensors, no
     reference channels). A word whose onset lies outside its recording raises
     :class:`~neurodec.errors.EventError` (``on_outside="error"``) or is left out and counted
-    (``"drop"``). ``tmin``, ``tmax``, ``shift``, ``block_duration``, ``test_fraction`` and
-    ``seed`` make the segments and the held-out blocks (:func:`neurodec.io.speech.make_segments`).
-    Each recording's run label is its BIDS task label (one story per task), so its key is
-    ``sub-01/ses-0/run-0``.
+    (``"drop"``); one whose brain window only reaches past an edge is always left out and
+    counted. ``tmin``, ``tmax``, ``shift``, ``block_duration``, ``test_fraction``
+    and ``seed`` make the segments and the held-out blocks
+    (:func:`neurodec.io.speech.make_segments`). Each recording's run label is its BIDS task
+    label (one story per task), so its key is ``sub-01/ses-0/run-0``; each segment's
+    metadata names its ``story``.
 
     >>> study = convert("/data/meg-masc", "meg-masc.zarr", subjects="01", sessions="0")  # doctest: +SKIP
     """
-    if on_outside not in OUTSIDE_POLICIES:
-        raise ConfigError(f"meg-masc: on_outside expected one of {OUTSIDE_POLICIES}, found {on_outside!r}")
+    check_choice(on_outside, "meg-masc: on_outside", OUTSIDE_POLICIES)
     root = bids_root(source, "MEG-MASC")
     found = _find_meg(root, subjects, sessions, tasks)
     if not found:
@@ -112,19 +124,13 @@ def convert(
                              f"sessions={sessions!r}, tasks={tasks!r}")
     sounds: dict[str, SoundFile] = {}
     resolved: dict[str, SoundFile] = {}
-    recordings, dropped = [], 0
-    for recording in found:
-        speech, n_dropped = _recording_words(root, recording, sounds, resolved, on_outside)
-        recordings.append(speech)
-        dropped += n_dropped
-    parameters = {"source": str(root), "subjects": subjects, "sessions": sessions, "tasks": tasks,
-                  "on_outside": on_outside, "words_outside_dropped": dropped}
+    recordings = [_recording_words(root, recording, sounds, resolved) for recording in found]
+    parameters = {"source": str(root), "subjects": subjects, "sessions": sessions, "tasks": tasks}
     return write_speech_store(
         out, recordings, sounds, converter=CONVERTER,
-        options=ingest_options(preprocessing, picks),
-        segment_options={"tmin": tmin, "tmax": tmax, "shift": shift, "block_duration": block_duration,
-                         "test_fraction": test_fraction, "seed": seed},
-        parameters=parameters, overwrite=overwrite,
+        options=ingest_options(preprocessing, picks, modality="meg"),
+        segment_options=segment_options(tmin, tmax, shift, block_duration, test_fraction, seed),
+        parameters=parameters, overwrite=overwrite, on_outside=on_outside,
     )
 
 
@@ -136,11 +142,11 @@ def _find_meg(root: Path, subjects, sessions, tasks):
                                             task=bids_labels(tasks)) if r.datatype == "meg"]
 
 
-def _recording_words(root: Path, recording, sounds: dict[str, SoundFile], resolved: dict[str, SoundFile],
-                     on_outside: str) -> tuple[SpeechRecording, int]:
-    """The words one recording heard, checked against its raw's header."""
+def _recording_words(root: Path, recording, sounds: dict[str, SoundFile],
+                     resolved: dict[str, SoundFile]) -> SpeechRecording:
+    """The words one recording heard, their events checked against its raw's header."""
     from neurodec.io._files import describe_source
-    from neurodec.io.bids import sidecar_files
+    from neurodec.io.bids import read_raw_bids, sidecar_files
 
     events_path = recording.sidecar("events", ".tsv")
     if events_path is None:
@@ -148,9 +154,12 @@ def _recording_words(root: Path, recording, sounds: dict[str, SoundFile], resolv
                              f" without the data extension) is missing; MEG-MASC's word onsets are in it")
     frame = read_events_tsv(events_path, required=("onset", "trial_type"))
     onsets = event_numbers(frame, "onset", events_path)
-    header = raw_header(recording)
+    header = read_raw_bids(recording, preload=False)
+    sfreq, n_times = float(header.info["sfreq"]), int(header.n_times)
     if "sample" in frame.columns:
-        check_event_samples(onsets, event_numbers(frame, "sample", events_path), header, events_path)
+        check_event_samples(onsets, event_numbers(frame, "sample", events_path), sfreq=sfreq,
+                            first_samp=int(header.first_samp), events_path=events_path, data_path=recording.fpath)
+    del header
 
     rows = []  # (line, onset in recording, parsed trial_type)
     skipped = 0
@@ -187,7 +196,6 @@ def _recording_words(root: Path, recording, sounds: dict[str, SoundFile], resolv
             bisect.insort(sound_onsets.setdefault(sound_of(description, line).id, []), onset)
 
     words = HeardWords()
-    lines: list[int] = []
     worst = (0.0, 0)
     for line, onset, description in rows:
         if description.get("kind") != "word":
@@ -206,24 +214,25 @@ def _recording_words(root: Path, recording, sounds: dict[str, SoundFile], resolv
             start = from_recording
         elif from_recording is not None and abs(from_recording - start) > abs(worst[0]):
             worst = (from_recording - start, line)
-        words.add(sound.id, start, onset, word)
-        lines.append(line)
+        story = description.get("story")
+        words.add(sound.id, start, onset, word, origin=f"{events_path} line {line}",
+                  metadata={"story": None if story is None else str(story)})
     if abs(worst[0]) > START_TOLERANCE:
         logger.warning("%s line %d: the word's 'start' and its onset after its sound's row differ by %.3f s; "
                        "the recipe uses 'start' (the onset in the sound)", events_path, worst[1], worst[0])
-    words, dropped = keep_inside(words, lines, header, on_outside, events_path)
     if not len(words):
-        raise EventError(f"{events_path}: no 'word' rows (kind == 'word' in trial_type) inside the recording")
+        raise EventError(f"{events_path}: no 'word' rows (kind == 'word' in trial_type)")
 
     entities = recording.path
     task = str(entities.task or "")
     run = task if not entities.run else f"{task}-{entities.run}"
     return SpeechRecording(
         subject=str(entities.subject), session=str(entities.session or "01"), run=run or "01", task=task,
-        words=words, read_raw=lambda: read_raw(recording),
+        words=words, read_raw=lambda: read_raw_bids(recording, preload=False),
         source=describe_source(recording.fpath, extra_companions=sidecar_files(recording)),
         info_extra={"bids_file": str(recording.fpath.relative_to(root))},
-    ), dropped
+        path=recording.fpath, duration=n_times / sfreq,
+    )
 
 
 def _parse_trial_type(text: str, path: Path, line: int) -> dict[str, Any] | None:
@@ -277,147 +286,4 @@ def sound_path(root: Path, name: str) -> Path | None:
     return None
 
 
-# ------------------------------------------------ helpers shared with the MOUS recipe
-def bids_root(source: str | Path, study: str) -> Path:
-    """The BIDS root of a study, checked (a folder with ``dataset_description.json``)."""
-    from neurodec.io.bids import is_bids_root
-
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise InputFileError(f"{study}: source folder {root} does not exist")
-    if not is_bids_root(root):
-        raise InputFileError(f"{study}: {root} is not a BIDS root (no dataset_description.json); pass the folder "
-                             f"that holds dataset_description.json and the sub-* folders")
-    return root
-
-
-def ingest_options(preprocessing: Mapping[str, Any] | None, picks: Sequence[str] | str | None) -> dict[str, Any]:
-    """The :class:`~neurodec.io.options.IngestOptions` fields of a speech recipe.
-
-    ``preprocessing`` fields are laid over :data:`DEFAULT_PREPROCESSING` (so ``{"resample":
-    100}`` keeps the polyphase method); ``None`` keeps the recordings as they are.
-
-    >>> ingest_options({"bandpass": {"l_freq": 0.1, "h_freq": 40}}, ["mag"])["preprocessing"]["resample"]
-    120.0
-    """
-    if preprocessing is None:
-        chosen: dict[str, Any] = {}
-    else:
-        given = preprocessing.model_dump(exclude_unset=True) if hasattr(preprocessing, "model_dump") else preprocessing
-        chosen = {**DEFAULT_PREPROCESSING, **dict(given)}
-    picks = [picks] if isinstance(picks, str) else picks
-    return {"modality": "meg", "picks": list(picks) if picks else None, "preprocessing": chosen}
-
-
-def bids_labels(labels: str | int | Sequence[str | int] | None) -> list[str] | None:
-    """BIDS labels as a list of text (``--set sessions=0`` arrives as the integer 0)."""
-    if labels is None:
-        return None
-    if isinstance(labels, (str, int)):
-        return [str(labels)]
-    return [str(label) for label in labels]
-
-
-def read_events_tsv(path: Path, required: Sequence[str]):
-    """A BIDS ``events.tsv`` as text columns; ``required`` columns must be present."""
-    import pandas as pd
-
-    from neurodec.io._files import read_with
-
-    frame = read_with(lambda: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig"),
-                      path, "a BIDS events.tsv")
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise EventError(f"{path}: columns {missing} are missing; found {list(frame.columns)}")
-    return frame
-
-
-def event_numbers(frame, column: str, path: Path) -> np.ndarray:
-    """A numeric column of an events table (``n/a`` and empty cells as NaN)."""
-    values = np.full(len(frame), np.nan)
-    for index, text in enumerate(frame[column].tolist()):
-        text = str(text).strip()
-        if text in ("", "n/a", "nan", "NaN"):
-            continue
-        try:
-            values[index] = float(text)
-        except ValueError:
-            raise EventError(f"{path} line {index + 2}: column {column!r} expected a number, found {text!r}") from None
-    return values
-
-
-class RawHeader:
-    """What a recording's header says: sampling rate, length, first sample."""
-
-    def __init__(self, sfreq: float, n_times: int, first_samp: int, path: Path):
-        self.sfreq, self.n_times, self.first_samp, self.path = sfreq, n_times, first_samp, path
-
-    @property
-    def duration(self) -> float:
-        return self.n_times / self.sfreq
-
-
-def read_raw(recording):
-    """A BIDS recording through ``mne_bids.read_raw_bids``, sidecars applied, data not loaded.
-
-    (``neurodec.io.bids.read_raw_bids`` asks mne-bids for ``preload=True``, which mne-bids
-    refuses for KIT and BTi files: it passes ``preload=False`` to their readers itself.)
-    """
-    import mne_bids
-
-    from neurodec.io._files import read_with
-
-    return read_with(lambda: mne_bids.read_raw_bids(recording.path, verbose="error"), recording.fpath,
-                     f"BIDS {recording.datatype} (mne_bids.read_raw_bids)")
-
-
-def raw_header(recording) -> RawHeader:
-    """The header of a BIDS recording (sampling rate, length), its data left on disk."""
-    raw = read_raw(recording)
-    return RawHeader(float(raw.info["sfreq"]), int(raw.n_times), int(raw.first_samp), recording.fpath)
-
-
-def check_event_samples(onsets: np.ndarray, samples: np.ndarray, header: RawHeader, path: Path) -> None:
-    """An events table's ``sample`` column must agree with ``onset`` at the recording's rate.
-
-    BIDS counts ``sample`` from the data file's first sample (mne-bids writes it with the
-    raw's ``first_samp`` added), so either origin is accepted, to one sample.
-    """
-    known = np.isfinite(onsets) & np.isfinite(samples)
-    if not known.any():
-        return
-    expected = onsets[known] * header.sfreq
-    error = np.minimum(np.abs(samples[known] - expected), np.abs(samples[known] - header.first_samp - expected))
-    if (error <= 1.0 + 1e-6).all():
-        return
-    first = int(np.flatnonzero(known)[int(np.argmax(error > 1.0 + 1e-6))])
-    timed = known & (onsets > 0)
-    implied = float(np.median(samples[timed] / onsets[timed])) if timed.any() else float("nan")
-    raise EventError(
-        f"{path} line {first + 2}: sample {samples[first]:g} does not match onset {onsets[first]:g} s at "
-        f"{header.sfreq:g} Hz, the rate of {header.path.name} (expected sample {onsets[first] * header.sfreq:.0f}); "
-        f"the events' samples imply {implied:.1f} Hz: they were written for another recording or rate")
-
-
-def keep_inside(words: HeardWords, lines: Sequence[int], header: RawHeader, on_outside: str,
-                path: Path) -> tuple[HeardWords, int]:
-    """The words whose onset sample lies inside the recording; the others raise
-    (``on_outside="error"``) or are left out (``"drop"``) and counted."""
-    onset = np.asarray(words.onset_in_recording, dtype=np.float64)
-    sample = np.round(onset * header.sfreq)
-    outside = (sample < 0) | (sample >= header.n_times)
-    if not outside.any():
-        return words, 0
-    first = int(np.flatnonzero(outside)[0])
-    message = (f"{path} line {lines[first]}: word {words.word[first]!r} at {onset[first]:g} s lies outside "
-               f"{header.path.name} (0 to {header.duration:g} s; {int(outside.sum())} words in all)")
-    if on_outside == "error":
-        raise EventError(message + "; pass on_outside='drop' to leave such words out")
-    logger.warning("%s; left out (on_outside='drop')", message)
-    kept = HeardWords()
-    for i in np.flatnonzero(~outside).tolist():
-        kept.add(words.sound[i], words.onset_in_sound[i], words.onset_in_recording[i], words.word[i])
-    return kept, int(outside.sum())
-
-
-__all__ = ["CONVERTER", "DEFAULT_PICKS", "DEFAULT_PREPROCESSING", "convert", "ingest_options", "sound_path"]
+__all__ = ["CONVERTER", "DEFAULT_PICKS", "DEFAULT_PREPROCESSING", "convert", "sound_path"]

@@ -44,27 +44,33 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from neurodec.errors import ConfigError, EventError, InputFileError
-from neurodec.io.recipes._speech import HeardWords, SpeechRecording, write_speech_store
-from neurodec.io.recipes.meg_masc import (
-    DEFAULT_PICKS,
-    DEFAULT_PREPROCESSING,
-    OUTSIDE_POLICIES,
+from neurodec.errors import EventError, InputFileError
+from neurodec.io.recipes._common import (
+    MEG_PICKS,
+    SPEECH_PREPROCESSING,
     bids_labels,
     bids_root,
+    check_choice,
     check_event_samples,
     event_numbers,
     ingest_options,
-    keep_inside,
-    raw_header,
     read_events_tsv,
-    read_raw,
+)
+from neurodec.io.recipes._speech import (
+    OUTSIDE_POLICIES,
+    HeardWords,
+    SpeechRecording,
+    segment_options,
+    write_speech_store,
 )
 from neurodec.io.speech import DEFAULT_SHIFT, DEFAULT_TMAX, DEFAULT_TMIN, SoundFile, read_sound_file
 
 logger = logging.getLogger("neurodec")
 
 CONVERTER = "neurodec.io.recipes.mous"
+#: As MEG-MASC: 120 Hz (polyphase), no band-pass; the axial gradiometers without CTF's references.
+DEFAULT_PREPROCESSING = SPEECH_PREPROCESSING
+DEFAULT_PICKS = MEG_PICKS
 TASK = "auditory"
 AUDIO_FOLDER = Path("stimuli") / "audio_files"
 AUDIO_PREFIX = "EQ_Ramp_Int2_Int1LPF"
@@ -98,14 +104,13 @@ def convert(
     table of word onsets in the wavs (default ``<root>/derivatives/phonemes``); ``unit="sound"``
     needs none and makes one segment per wav. ``preprocessing``, ``picks``, ``on_outside`` and
     the segment options as :func:`neurodec.io.recipes.meg_masc.convert`. Recording keys are
-    ``sub-A2002/ses-01/run-01`` (the BIDS run label where the file has one).
+    ``sub-A2002/ses-01/run-01`` (the BIDS run label where the file has one); each segment's
+    metadata holds its wav's ``sentence`` (its line of ``stimuli.txt``, None without the file).
 
     >>> study = convert("/data/mous", "mous.zarr", subjects=["A2002", "A2003"])  # doctest: +SKIP
     """
-    if unit not in UNITS:
-        raise ConfigError(f"schoffelen-mous: unit expected one of {UNITS}, found {unit!r}")
-    if on_outside not in OUTSIDE_POLICIES:
-        raise ConfigError(f"schoffelen-mous: on_outside expected one of {OUTSIDE_POLICIES}, found {on_outside!r}")
+    check_choice(unit, "schoffelen-mous: unit", UNITS)
+    check_choice(on_outside, "schoffelen-mous: on_outside", OUTSIDE_POLICIES)
     root = bids_root(source, "MOUS")
     from neurodec.io.bids import find_bids_recordings
 
@@ -125,43 +130,40 @@ def convert(
     texts = read_stimuli_text(root / "stimuli" / "stimuli.txt")
 
     sounds: dict[str, SoundFile] = {}
-    recordings, dropped = [], 0
-    for recording in found:
-        speech, n_dropped = _recording_words(root, recording, sounds, aligned, texts, on_outside)
-        recordings.append(speech)
-        dropped += n_dropped
+    recordings = [_recording_words(root, recording, sounds, aligned, texts) for recording in found]
     parameters = {"source": str(root), "subjects": subjects, "unit": unit,
-                  "alignments": None if aligned is None else str(where), "on_outside": on_outside,
-                  "words_outside_dropped": dropped}
+                  "alignments": None if aligned is None else str(where)}
     return write_speech_store(
-        out, recordings, sounds, converter=CONVERTER, options=ingest_options(preprocessing, picks),
-        segment_options={"tmin": tmin, "tmax": tmax, "shift": shift, "block_duration": block_duration,
-                         "test_fraction": test_fraction, "seed": seed},
-        parameters=parameters, overwrite=overwrite,
+        out, recordings, sounds, converter=CONVERTER, options=ingest_options(preprocessing, picks, modality="meg"),
+        segment_options=segment_options(tmin, tmax, shift, block_duration, test_fraction, seed),
+        parameters=parameters, overwrite=overwrite, on_outside=on_outside,
     )
 
 
 def _recording_words(root: Path, recording, sounds: dict[str, SoundFile],
-                     aligned: dict[str, list[tuple[float, str]]] | None, texts: dict[int, str],
-                     on_outside: str) -> tuple[SpeechRecording, int]:
+                     aligned: dict[str, list[tuple[float, str]]] | None, texts: dict[int, str]) -> SpeechRecording:
     """The words one recording heard: each played wav's aligned words, placed at its onset."""
     from neurodec.io._files import describe_source
-    from neurodec.io.bids import sidecar_files
+    from neurodec.io.bids import read_raw_bids, sidecar_files
 
     events_path = recording.sidecar("events", ".tsv")
     if events_path is None:
         raise InputFileError(f"{recording.fpath}: its events.tsv is missing; MOUS's sound onsets are in it")
     frame = read_events_tsv(events_path, required=("onset", "value"))
     onsets = event_numbers(frame, "onset", events_path)
-    header = raw_header(recording)
+    header = read_raw_bids(recording, preload=False)
+    sfreq, n_times = float(header.info["sfreq"]), int(header.n_times)
     if "sample" in frame.columns:
-        check_event_samples(onsets, event_numbers(frame, "sample", events_path), header, events_path)
+        check_event_samples(onsets, event_numbers(frame, "sample", events_path), sfreq=sfreq,
+                            first_samp=int(header.first_samp), events_path=events_path, data_path=recording.fpath)
+    del header
 
     words = HeardWords()
-    lines: list[int] = []
     for line, sound, sound_onset in _played_sounds(root, frame, onsets, events_path, sounds):
+        text = texts.get(_sound_number(sound.id), "")
+        # The sentence (or word list) the wav holds, as stimuli.txt writes it; None without stimuli.txt.
+        metadata = {"sentence": text or None}
         if aligned is None:
-            text = texts.get(_sound_number(sound.id), "")
             heard = [(0.0, text.split()[0] if text.split() else sound.id)]
         else:
             if sound.id not in aligned:
@@ -169,19 +171,19 @@ def _recording_words(root: Path, recording, sounds: dict[str, SoundFile],
                                      f"{line}); expected {sound.id}.TextGrid or rows with sound {sound.id}")
             heard = aligned[sound.id]
         for onset_in_sound, word in heard:
-            words.add(sound.id, onset_in_sound, sound_onset + onset_in_sound, word)
-            lines.append(line)
-    words, dropped = keep_inside(words, lines, header, on_outside, events_path)
+            words.add(sound.id, onset_in_sound, sound_onset + onset_in_sound, word,
+                      origin=f"{events_path} line {line}", metadata=metadata)
     if not len(words):
-        raise EventError(f"{events_path}: no sound played ('Start File <name>.wav' rows) inside the recording")
+        raise EventError(f"{events_path}: no sound played ('Start File <name>.wav' rows)")
 
     entities = recording.path
     return SpeechRecording(
         subject=str(entities.subject), session=str(entities.session or "01"), run=str(entities.run or "01"),
-        task=TASK, words=words, read_raw=lambda: read_raw(recording),
+        task=TASK, words=words, read_raw=lambda: read_raw_bids(recording, preload=False),
         source=describe_source(recording.fpath, extra_companions=sidecar_files(recording)),
         info_extra={"bids_file": str(recording.fpath.relative_to(root))},
-    ), dropped
+        path=recording.fpath, duration=n_times / sfreq,
+    )
 
 
 def _played_sounds(root: Path, frame, onsets: np.ndarray, events_path: Path,
