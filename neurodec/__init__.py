@@ -22,6 +22,7 @@ from neurodec.api import (  # noqa: E402
     reconstruct,
     retrieve,
     simulate_cohort,
+    simulate_speech,
     train,
     train_decoder,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "reconstruct",
     "retrieve",
     "simulate_cohort",
+    "simulate_speech",
     "train",
     "train_decoder",
     "BrainToImagePipeline",

@@ -15,7 +15,7 @@ from typing import Any
 from neurodec.store import Study, format_summary, open_store, summarize
 
 __all__ = ["adapt", "convert", "embed", "evaluate", "info", "ingest", "load_encoder", "open_store", "reconstruct",
-           "retrieve", "simulate_cohort", "train", "train_decoder"]
+           "retrieve", "simulate_cohort", "simulate_speech", "train", "train_decoder"]
 
 
 def info(store: Study | str | os.PathLike, *, as_dict: bool = False) -> str | dict[str, Any]:
@@ -63,6 +63,17 @@ def simulate_cohort(out: str | os.PathLike, **parameters: Any):
     See :func:`neurodec.simulate.simulate_cohort` for the parameters.
     """
     from neurodec.simulate import simulate_cohort as simulate
+
+    return simulate(out, **parameters)
+
+
+def simulate_speech(out: str | os.PathLike, **parameters: Any):
+    """Simulate the demo cohort's auditory part (stories, continuous MEG/EEG) into a store;
+    returns ``(study, report)``. See :func:`neurodec.simulate.simulate_speech`.
+
+    >>> study, report = simulate_speech("speech.zarr", size="tiny")   # doctest: +SKIP
+    """
+    from neurodec.simulate import simulate_speech as simulate
 
     return simulate(out, **parameters)
 

@@ -57,6 +57,27 @@ def _command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_convert(args: argparse.Namespace) -> int:
+    from neurodec import api
+    from neurodec.config import split_override
+    from neurodec.io.recipes import get_recipe
+
+    get_recipe(args.recipe)  # an unknown name fails before anything is read
+    options: dict = {}
+    for keys, value in map(split_override, args.set):  # preprocessing.resample=100 -> nested dicts
+        level = options
+        for key in keys[:-1]:
+            level = level.setdefault(key, {})
+        level[keys[-1]] = value
+    if args.subjects:
+        options["subjects"] = args.subjects
+    study = api.convert(args.recipe, args.source, args.out, overwrite=args.overwrite, **options)
+    segments = study.provenance.get("parameters", {}).get("segments", {})
+    print(f"wrote {study.url}: {len(study.recording_keys)} recordings, {len(study.stimuli['id'])} stimuli"
+          + (f" ({segments.get('n_test', 0)} in test blocks; {segments.get('dropped', {})} dropped)" if segments else ""))
+    return 0
+
+
 def _ingest_options(args: argparse.Namespace):
     """Command-line flags laid over the ``--config`` file's ingestion options."""
     from neurodec.config import split_override
@@ -143,6 +164,11 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     )
     print(format_summary_table(results))
     _print_image_tables(results)
+    if results.get("speech"):
+        from neurodec.report import format_speech_summary
+
+        print()
+        print(format_speech_summary(results))
     where = Path(args.out) if args.out else Path(args.run) / "report"
     print(f"report: {where / 'report.html'} ({time.perf_counter() - started:.1f} s)")
     return 0
@@ -237,33 +263,23 @@ def _command_simulate(args: argparse.Namespace) -> int:
 DEMO_STAGES = ("cohort", "targets", "decoder", "train", "evaluate")
 DEMO_TARGETS = "efficientnet-lite0"
 DEMO_MODALITIES = ("eeg", "meg", "fmri")
+# The auditory part (docs/demo-cohort.md): simulated MEG and EEG of listeners, MEG trained.
+DEMO_SPEECH_CONFIG = "speech-meg.yaml"
 
 
 def _demo_configs() -> Path:
     return Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
-def _command_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default data: the simulated demo cohort.
+def _demo_visual(args: argparse.Namespace, out: Path, last: int, stage: Callable[[str, float], None]):
+    """The visual part: cohort, image targets, image decoder, one encoder per modality.
 
-    Stages: simulate (or reuse) the cohort, embed its images with the pretrained
-    EfficientNet-Lite0, train the image decoder on the training stimuli, train one encoder
-    per modality from ``configs/demo/``, reconstruct each modality's test images, evaluate
-    each on its test split (retrieval and images), and print the summary tables.
+    Returns the store, the summary table of each evaluated modality and the image-metric rows.
     """
     from neurodec import api
     from neurodec.errors import StoreError
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     store_path = out / "demo.zarr"
-    last = DEMO_STAGES.index(args.until)
-    timings: list[tuple[str, float]] = []
-
-    def stage(name: str, started: float) -> None:
-        timings.append((name, time.perf_counter() - started))
-        print(f"[demo] {name} done in {timings[-1][1]:.1f} s", flush=True)
-
     started = time.perf_counter()
     study = None
     if store_path.exists() and not args.fresh:
@@ -278,7 +294,7 @@ def _command_demo(args: argparse.Namespace) -> int:
         print(report.format())
     stage("cohort", started)
 
-    summaries = []
+    summaries: list[str] = []
     if last >= DEMO_STAGES.index("targets"):
         started = time.perf_counter()
         api.embed(study, "image_pretrained_cnn", key=DEMO_TARGETS, batch_size=64)
@@ -294,7 +310,7 @@ def _command_demo(args: argparse.Namespace) -> int:
         stage("decoder", started)
     image_rows = []
     if last >= DEMO_STAGES.index("train"):
-        from neurodec.report import format_image_summary, format_summary_table
+        from neurodec.report import format_summary_table
 
         for modality in DEMO_MODALITIES:
             started = time.perf_counter()
@@ -312,22 +328,133 @@ def _command_demo(args: argparse.Namespace) -> int:
                 summaries.append(format_summary_table(results))
                 image_rows += list(results.get("reconstruction", {}).items())
                 stage(f"evaluate {modality}", started)
+    return study, summaries, image_rows
+
+
+def _demo_speech(args: argparse.Namespace, out: Path, last: int, stage: Callable[[str, float], None]):
+    """The auditory part: simulate (or reuse) the speech store, embed its segments' mel
+    spectrograms, train the MEG encoder of ``configs/demo/speech-meg.yaml``, evaluate it.
+
+    Returns the store and the evaluation results (None when ``--until`` stops earlier).
+    """
+    from neurodec import api
+    from neurodec.simulate.speech import DEMO_SPEECH_TARGET, simulate_speech
+
+    store_path = out / "speech.zarr"
+    started = time.perf_counter()
+    print(f"[demo] auditory part: {store_path} ({args.size})", flush=True)
+    study, report = simulate_speech(store_path, size=args.size, seed=args.seed, modalities=("meg", "eeg"),
+                                    overwrite=True, reuse=not args.fresh)
+    if report.reused:
+        print(f"[demo] reusing the speech store at {store_path} (same parameters; pass --fresh to simulate it again)")
+    else:
+        print(report.format())
+    stage("speech simulate", started)
+    if last < DEMO_STAGES.index("targets"):
+        return study, None
+    started = time.perf_counter()
+    extractor, config = DEMO_SPEECH_TARGET
+    api.embed(study, extractor, dict(config), key="mel")
+    print(f"[demo] speech target: mel ({config['n_mels']}-band log-mel spectrogram at {config['rate']:g} Hz of each "
+          f"{config['duration']:g} s segment; no weights)")
+    stage("speech targets", started)
+    if last < DEMO_STAGES.index("train"):
+        return study, None
+    started = time.perf_counter()
+    overrides = [f"data.store={store_path}", f"output.runs_dir={out / 'runs'}", "output.name=speech-meg"]
+    run = api.train(_demo_configs() / DEMO_SPEECH_CONFIG, overrides=overrides)
+    stage("train speech", started)
+    if last < DEMO_STAGES.index("evaluate"):
+        return study, None
+    started = time.perf_counter()
+    # Segment retrieval only: the N-way subsets of the image protocol do not apply to speech.
+    results = api.evaluate(run.run_dir, n_ways=(), n_permutations=args.permutations, n_bootstrap=args.bootstrap,
+                           reconstructions=False)
+    stage("evaluate speech", started)
+    return study, results
+
+
+def _speech_summary(results: dict) -> str:
+    """Segment top-1 and top-10 of each speech entry, with its 95 % interval and chance.
+
+    THE place where the demo reads the speech section of ``neurodec evaluate``'s results
+    (docs/speech-evaluation.md): ``results["speech"][entry]["metrics"]`` with ``pooled``,
+    ``interval`` and ``chance["pooled"]``, keyed ``"segment top-1"`` and ``"segment top-10"``.
+    """
+    from neurodec.report import format_speech_summary
+
+    lines = []
+    for name, entry in (results.get("speech") or {}).items():
+        metrics = entry["metrics"]
+        parts = []
+        for metric in ("segment top-1", "segment top-10"):
+            value, (low, high) = metrics["pooled"][metric], metrics["interval"][metric]
+            chance = metrics["chance"]["pooled"][metric]
+            parts.append(f"{metric} {100 * value:.1f} % [{100 * low:.1f}, {100 * high:.1f}] "
+                         f"(chance {100 * chance:.2f} %, {value / chance:.1f}x)")
+        lines.append(f"[demo] speech {name}: {'; '.join(parts)}; {metrics['n_segments']} test segments")
+    return "\n".join(lines + ["", format_speech_summary(results)])
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default data: the simulated demo cohort.
+
+    Visual part: simulate (or reuse) the cohort, embed its images with the pretrained
+    EfficientNet-Lite0, train the image decoder on the training stimuli, train one encoder
+    per modality from ``configs/demo/``, reconstruct each modality's test images, evaluate
+    each on its test split (retrieval and images). Auditory part: simulate (or reuse) the
+    speech store, embed mel targets, train the MEG speech encoder, evaluate segment
+    retrieval. Then print the summary tables.
+    """
+    from neurodec import api
+    from neurodec.errors import ConfigError
+
+    if args.no_speech and args.only_speech:
+        raise ConfigError("neurodec demo: --no-speech and --only-speech exclude each other")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last = DEMO_STAGES.index(args.until)
+    timings: list[tuple[str, float]] = []
+
+    def stage(name: str, started: float) -> None:
+        timings.append((name, time.perf_counter() - started))
+        print(f"[demo] {name} done in {timings[-1][1]:.1f} s", flush=True)
+
+    study, summaries, image_rows = None, [], []
+    if not args.only_speech:
+        study, summaries, image_rows = _demo_visual(args, out, last, stage)
+    speech_study, speech_results = None, None
+    if not args.no_speech:
+        speech_study, speech_results = _demo_speech(args, out, last, stage)
 
     print()
     for name, seconds in timings:
         print(f"[demo] {name:<16} {seconds:7.1f} s")
     print(f"[demo] total            {sum(seconds for _, seconds in timings):7.1f} s")
-    print(f"[demo] store: {study.url}")
-    if not summaries:
-        print(api.info(study))
+    for shown in (study, speech_study):
+        if shown is not None:
+            print(f"[demo] store: {shown.url}")
+    if not summaries and speech_results is None:
+        for shown in (study, speech_study):
+            if shown is not None:
+                print(api.info(shown))
         return 0
-    for modality, table in zip(DEMO_MODALITIES, summaries):
-        print(f"[demo] report: {out / 'runs' / modality / 'report' / 'report.html'}")
-    print()
-    print("\n\n".join(summaries))
+    if summaries:
+        for modality in DEMO_MODALITIES:
+            print(f"[demo] report: {out / 'runs' / modality / 'report' / 'report.html'}")
+    if speech_results is not None:
+        print(f"[demo] report: {out / 'runs' / 'speech-meg' / 'report' / 'report.html'}")
+    if summaries:
+        print()
+        print("\n\n".join(summaries))
     if image_rows:
+        from neurodec.report import format_image_summary
+
         print()
         print(format_image_summary(dict(image_rows)))
+    if speech_results is not None:
+        print()
+        print(_speech_summary(speech_results))
     return 0
 
 
@@ -364,6 +491,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     datasets.add_argument("name", nargs="?", help="show one card in full")
     datasets.add_argument("--json", action="store_true", help="print as JSON")
+
+    convert = command(
+        "convert",
+        _command_convert,
+        "Convert a public study from its published layout into a store (recipes: neurodec datasets).",
+        "neurodec convert meg-masc /data/meg-masc meg-masc.zarr --subjects 01 02 --set block_duration=30",
+    )
+    convert.add_argument("recipe", help="meg-masc, schoffelen-mous, brennan2019 or broderick2019")
+    convert.add_argument("source", type=Path, help="the study's folder, as downloaded")
+    convert.add_argument("out", help="store path or fsspec URL to write")
+    convert.add_argument("--subjects", nargs="+", help="convert only these subjects")
+    convert.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a recipe option, repeatable (tmin, tmax, shift, block_duration, test_fraction, seed, ...)",
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
     ingest = command(
         "ingest",
@@ -509,11 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=".neurodec/demo", help="folder for the demo store and its outputs")
     demo.add_argument("--size", choices=["default", "tiny"], default="default", help="cohort size")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument("--fresh", action="store_true", help="simulate the cohort again even if it exists")
+    demo.add_argument("--fresh", action="store_true",
+                      help="simulate the cohort and the speech store again even if they exist")
     demo.add_argument("--until", choices=DEMO_STAGES, default="evaluate", help="last stage to run")
     demo.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     demo.add_argument("--permutations", type=int, default=200, help="permutations for the p-values")
     demo.add_argument("--no-images", action="store_true", help="skip the image decoder and the reconstructions")
+    demo.add_argument("--no-speech", action="store_true", help="skip the auditory part (speech segment retrieval)")
+    demo.add_argument("--only-speech", action="store_true", help="run the auditory part only")
     return parser
 
 

@@ -354,6 +354,34 @@ def word_events(
     )
 
 
+def overlapping_other_split(onset_in_recording: Sequence[float], split: Sequence[str],
+                            window: tuple[float, float]) -> np.ndarray:
+    """Which events' brain windows overlap the brain window of an event of the other split.
+
+    Windows are ``[onset + window[0], onset + window[1])``; two of them overlap when their
+    onsets are less than the window's length apart (windows that only touch do not). Both
+    events of such a pair are marked, as :func:`~neurodec.io.speech.make_segments` drops
+    both sides of a block boundary.
+
+    >>> overlapping_other_split([1.0, 3.0, 4.0, 9.0], ["train", "train", "test", "test"], (-0.35, 2.65)).tolist()
+    [False, True, True, False]
+    """
+    onset = np.asarray(onset_in_recording, dtype=np.float64)
+    split = np.asarray(split, dtype=object)
+    length = window[1] - window[0]
+    marked = np.zeros(len(onset), dtype=bool)
+    for part in ("train", "test"):
+        own, others = split == part, np.sort(onset[split != part])
+        if not own.any() or not len(others):
+            continue
+        # The nearest event of the other split, before or after each event of this one.
+        after = np.clip(np.searchsorted(others, onset[own]), 0, len(others) - 1)
+        before = np.clip(after - 1, 0, len(others) - 1)
+        nearest = np.minimum(np.abs(others[after] - onset[own]), np.abs(others[before] - onset[own]))
+        marked[own] = nearest < length - 1e-6  # windows that only touch share no sample
+    return marked
+
+
 def segment_metadata(table: Table) -> list[dict[str, Any]]:
     """The parsed metadata of every row of a stimuli table."""
     return [json.loads(m or "{}") for m in table["metadata"].tolist()]

@@ -84,10 +84,22 @@ class SimulationReport:
         }
 
 
-def _rng(seed: int, subject: int, stream: str) -> np.random.Generator:
+def stream_rng(seed: int, subject: int, stream: str) -> np.random.Generator:
     """An independent generator per (seed, subject, purpose): changing what is simulated
     (e.g. leaving MEG out) does not change the other recordings. Subject 0 is the cohort."""
     return np.random.default_rng([int(seed), int(subject), zlib.crc32(stream.encode())])
+
+
+def sensor_description(modality: str, info) -> dict[str, Any]:
+    """What a recording's ``info`` keeps of the simulated sensors (enough to rebuild an mne.Info)."""
+    from neurodec.simulate.sensors import EEG_MONTAGE, MEG_HELMET
+
+    if modality == "eeg":
+        return {"montage": EEG_MONTAGE, "reference": "average"}
+    # What mne.Info needs to rebuild the sensors: loc (device frame) and coil types.
+    return {"helmet": MEG_HELMET, "ch_loc": [channel["loc"].tolist() for channel in info["chs"]],
+            "ch_loc_frame": "device", "coil_types": [int(channel["coil_type"]) for channel in info["chs"]],
+            "dev_head_t": np.asarray(info["dev_head_t"]["trans"]).tolist()}
 
 
 def trial_order(split: list[str], repetitions: int, rng: np.random.Generator) -> np.ndarray:
@@ -167,17 +179,17 @@ def _electrophysiology_recording(
         simulate_session,
         source_drives,
     )
-    from neurodec.simulate.sensors import EEG_MONTAGE, MEG_HELMET, make_eeg_info, make_meg_info
+    from neurodec.simulate.sensors import make_eeg_info, make_meg_info
 
-    session_rng = _rng(seed, subject_index, f"session-{modality}")
+    session_rng = stream_rng(seed, subject_index, f"session-{modality}")
     trials = trial_order(stimuli.split, p.test_repetitions, session_rng)
     # The brain is drawn from the subject's own stream, so EEG and MEG share it.
-    subject_rng, cohort_rng = _rng(seed, subject_index, "brain"), _rng(seed, 0, "brain")
+    subject_rng, cohort_rng = stream_rng(seed, subject_index, "brain"), stream_rng(seed, 0, "brain")
     brain = make_subject_brain(
         sources, stimuli.low.shape[1], stimuli.high.shape[1], stimuli.n_category, p, subject_rng, cohort_rng
     )
     drive_early, drive_late = source_drives(brain, stimuli.low, stimuli.high, p.stimulus_specific_ratio)
-    sensor_rng = _rng(seed, subject_index, f"sensors-{modality}")
+    sensor_rng = stream_rng(seed, subject_index, f"sensors-{modality}")
     if modality == "eeg":
         info = make_eeg_info(p.sfreq, electrode_jitter_m=p.electrode_jitter_m, rng=sensor_rng)
     else:
@@ -206,17 +218,7 @@ def _electrophysiology_recording(
         "head_model": {"kind": "sphere", "centre_m": list(sources.sphere.centre), "radius_m": sources.sphere.radius},
         "n_sources": sources.n_sources,
     }
-    if modality == "eeg":
-        extra.update(montage=EEG_MONTAGE, reference="average")
-    else:
-        # What mne.Info needs to rebuild the sensors: loc (device frame) and coil types.
-        extra.update(
-            helmet=MEG_HELMET,
-            ch_loc=[channel["loc"].tolist() for channel in info["chs"]],
-            ch_loc_frame="device",
-            coil_types=[int(channel["coil_type"]) for channel in info["chs"]],
-            dev_head_t=np.asarray(info["dev_head_t"]["trans"]).tolist(),
-        )
+    extra.update(sensor_description(modality, info))
     n_channels = len(info.ch_names)
     return RecordingData(
         subject=f"{subject_index:02d}",
@@ -246,10 +248,10 @@ def _fmri_recording(
     """Simulate one subject's fMRI session as single-trial betas."""
     from neurodec.simulate.fmri import TEMPLATE, simulate_fmri
 
-    trials = trial_order(stimuli.split, p.test_repetitions, _rng(seed, subject_index, "session-fmri"))
-    n_voxels = int(_rng(seed, subject_index, "fmri-voxels").integers(p.fmri_min_voxels, p.fmri_max_voxels + 1))
+    trials = trial_order(stimuli.split, p.test_repetitions, stream_rng(seed, subject_index, "session-fmri"))
+    n_voxels = int(stream_rng(seed, subject_index, "fmri-voxels").integers(p.fmri_min_voxels, p.fmri_max_voxels + 1))
     fmri = simulate_fmri(
-        grid, n_voxels, stimuli.low, stimuli.high, trials, p, _rng(seed, subject_index, "fmri"), _rng(seed, 0, "fmri")
+        grid, n_voxels, stimuli.low, stimuli.high, trials, p, stream_rng(seed, subject_index, "fmri"), stream_rng(seed, 0, "fmri")
     )
     events = _events(stimuli, trials, np.arange(len(trials)) * p.fmri_trial_s, 3.0)
     return RecordingData(

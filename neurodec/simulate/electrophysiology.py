@@ -192,7 +192,7 @@ def _late_tuning(n_sources: int, n_features: int, n_category: int, rng: np.rando
     return weights
 
 
-def _mix(shared: np.ndarray, own: np.ndarray, similarity: float) -> np.ndarray:
+def mix_subject(shared: np.ndarray, own: np.ndarray, similarity: float) -> np.ndarray:
     return np.sqrt(similarity) * shared + np.sqrt(1.0 - similarity) * own
 
 
@@ -227,7 +227,7 @@ def make_subject_brain(
     region_direction = np.zeros((n, 3))
     region_direction[sources.early] = outward[sources.early]
     region_direction[sources.late] = -outward[sources.late]
-    orientations = region_direction + ORIENTATION_SPREAD * _mix(shared[0], own[0], similarity)
+    orientations = region_direction + ORIENTATION_SPREAD * mix_subject(shared[0], own[0], similarity)
     orientations /= np.linalg.norm(orientations, axis=1, keepdims=True)
     early_offset = subject_rng.normal(0.0, parameters.subject_latency_sd_s)
     late_offset = subject_rng.normal(0.0, parameters.subject_latency_sd_s)
@@ -239,8 +239,8 @@ def make_subject_brain(
     alpha_orientations /= np.linalg.norm(alpha_orientations, axis=1, keepdims=True)
     return SubjectBrain(
         orientations=orientations,
-        early_weights=_mix(shared[1], own[1], similarity),
-        late_weights=_mix(shared[2], own[2], similarity),
+        early_weights=mix_subject(shared[1], own[1], similarity),
+        late_weights=mix_subject(shared[2], own[2], similarity),
         early_latency=parameters.early_latency_s
         + early_offset
         + subject_rng.normal(0.0, parameters.source_latency_sd_s, len(sources.early)),

@@ -10,6 +10,32 @@ from neurodec.errors import ConfigError
 SIZES = ("default", "tiny")
 
 
+def preset_parameters(base: Any, size: str, tiny: dict[str, Any], changes: dict[str, Any], what: str) -> Any:
+    """``base`` (a frozen dataclass of defaults) at a named size, with single fields changed,
+    checked; unknown sizes or field names raise :class:`~neurodec.errors.ConfigError`."""
+    if size not in SIZES:
+        raise ConfigError(f"{what} size: expected one of {SIZES}, found {size!r}")
+    if size == "tiny":
+        base = replace(base, **tiny)
+    known = {f.name for f in fields(base)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ConfigError(f"{what} parameters: unknown {unknown}; known: {sorted(known)}")
+    parameters = replace(base, **{k: v for k, v in changes.items() if v is not None})
+    parameters.check()
+    return parameters
+
+
+def requirement(parameters: Any, what: str):
+    """``require(condition, name, expected)`` raising a ConfigError that names the field and its value."""
+
+    def require(condition: bool, name: str, expected: str) -> None:
+        if not condition:
+            raise ConfigError(f"{what} parameter {name}: expected {expected}, found {getattr(parameters, name)!r}")
+
+    return require
+
+
 @dataclass(frozen=True)
 class SimulationParameters:
     """Parameters of the demo cohort's generator (see ``docs/demo-cohort.md``).
@@ -80,23 +106,11 @@ class SimulationParameters:
     @classmethod
     def preset(cls, size: str = "default", **changes: Any) -> "SimulationParameters":
         """The parameters of a named size with some fields changed."""
-        if size not in SIZES:
-            raise ConfigError(f"simulation size: expected one of {SIZES}, found {size!r}")
-        base = cls()
-        if size == "tiny":
-            base = replace(base, n_subjects=2, n_train=40, n_test=10, source_spacing_mm=20.0, n_meg_sensors=96)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"simulation parameters: unknown {unknown}; known: {sorted(known)}")
-        parameters = replace(base, **{k: v for k, v in changes.items() if v is not None})
-        parameters.check()
-        return parameters
+        tiny = dict(n_subjects=2, n_train=40, n_test=10, source_spacing_mm=20.0, n_meg_sensors=96)
+        return preset_parameters(cls(), size, tiny, changes, "simulation")
 
     def check(self) -> None:
-        def require(condition: bool, name: str, expected: str) -> None:
-            if not condition:
-                raise ConfigError(f"simulation parameter {name}: expected {expected}, found {getattr(self, name)!r}")
+        require = requirement(self, "simulation")
 
         require(self.n_subjects >= 1, "n_subjects", "at least 1")
         require(self.n_train >= 4, "n_train", "at least 4")

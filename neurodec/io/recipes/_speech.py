@@ -29,6 +29,7 @@ from neurodec.io.speech import (
     SoundFile,
     SpeechSegments,
     make_segments,
+    overlapping_other_split,
     word_events,
 )
 
@@ -190,34 +191,6 @@ def words_inside(words: HeardWords, duration: float, window: tuple[float, float]
     return ~outside
 
 
-def overlapping_other_split(onset_in_recording: Sequence[float], split: Sequence[str],
-                            window: tuple[float, float]) -> np.ndarray:
-    """Which events' brain windows overlap the brain window of an event of the other split.
-
-    Windows are ``[onset + window[0], onset + window[1])``; two of them overlap when their
-    onsets are less than the window's length apart (windows that only touch do not). Both
-    events of such a pair are marked, as :func:`~neurodec.io.speech.make_segments` drops
-    both sides of a block boundary.
-
-    >>> overlapping_other_split([1.0, 3.0, 4.0, 9.0], ["train", "train", "test", "test"], (-0.35, 2.65)).tolist()
-    [False, True, True, False]
-    """
-    onset = np.asarray(onset_in_recording, dtype=np.float64)
-    split = np.asarray(split, dtype=object)
-    length = window[1] - window[0]
-    marked = np.zeros(len(onset), dtype=bool)
-    for part in ("train", "test"):
-        own, others = split == part, np.sort(onset[split != part])
-        if not own.any() or not len(others):
-            continue
-        # The nearest event of the other split, before or after each event of this one.
-        after = np.clip(np.searchsorted(others, onset[own]), 0, len(others) - 1)
-        before = np.clip(after - 1, 0, len(others) - 1)
-        nearest = np.minimum(np.abs(others[after] - onset[own]), np.abs(others[before] - onset[own]))
-        marked[own] = nearest < length - EDGE_TOLERANCE
-    return marked
-
-
 def write_speech_store(
     out: Any,
     recordings: Sequence[SpeechRecording],
@@ -313,5 +286,5 @@ def write_speech_store(
         raise
 
 
-__all__ = ["OUTSIDE_POLICIES", "HeardWords", "SpeechRecording", "overlapping_other_split", "segment_options",
+__all__ = ["OUTSIDE_POLICIES", "HeardWords", "SpeechRecording", "segment_options",
            "speech_segments", "words_inside", "write_speech_store"]
