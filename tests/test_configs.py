@@ -22,6 +22,7 @@ SPEECH = ["meg-masc/defossez.yaml", "schoffelen-mous/defossez.yaml", "brennan201
           "broderick2019/defossez.yaml"]
 PUBLIC = ["things-eeg2/nice.yaml", "things-eeg2/atm.yaml", "things-meg/benchetrit.yaml", "nsd/mindeye2.yaml", *SPEECH]
 DEMO = ["demo/eeg.yaml", "demo/meg.yaml", "demo/fmri.yaml"]
+DEMO_SPEECH = ["demo/speech-meg.yaml", "demo/speech-eeg.yaml"]  # shapes: tests/test_simulate_speech.py
 
 # The demo cohort (docs/demo-cohort.md, `neurodec info .neurodec/demo/demo.zarr`, seed 0).
 DEMO_SHAPES = {"eeg": {"n_chans": 64, "n_times": 200, "sfreq": 200.0},
@@ -53,7 +54,7 @@ def _model(config, shapes: dict, device: str | None = None):
         return create_model(config.model.name, **arguments)
 
 
-@pytest.mark.parametrize("name", PUBLIC + DEMO)
+@pytest.mark.parametrize("name", PUBLIC + DEMO + DEMO_SPEECH)
 def test_config_loads_and_its_loss_builds(name):
     config = load_config(CONFIGS / name)
     assert config.output.name  # a run folder name, so the same command resumes
@@ -65,7 +66,7 @@ def test_config_loads_and_its_loss_builds(name):
     # configs (windows of continuous recordings, data.window): each heard window is its own
     # query in Défossez et al. 2023.
     assert config.data.average_test_repetitions == (config.data.window is None)
-    assert (config.data.window is not None) == (name in SPEECH)
+    assert (config.data.window is not None) == (name in SPEECH + DEMO_SPEECH)
 
 
 @pytest.mark.parametrize("name", PUBLIC)
