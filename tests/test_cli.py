@@ -157,3 +157,31 @@ def test_embed_command_caches_targets_by_config(tmp_path, capsys):
 
     assert main(["embed", str(tmp_path / "s.zarr"), "--extractor", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_convert_runs_a_recipe_and_refuses_missing_sounds(tmp_path, capsys):
+    import shutil
+
+    from neurodec.store import open_store
+    from test_recipes_eeg import broderick_replica
+
+    root = tmp_path / "Natural Speech"
+    broderick_replica(root, subjects=(1,), runs=(1, 2))
+    out = tmp_path / "broderick.zarr"
+    # Options by dotted key: nested (preprocessing.*) and plain (segment settings).
+    assert main(["convert", "broderick2019", str(tmp_path), str(out), "--set", "preprocessing.bandpass=null",
+                 "--set", "block_duration=10", "--set", "test_fraction=0.25"]) == 0
+    study = open_store(out)
+    assert "wrote" in capsys.readouterr().out
+    segments = study.provenance["parameters"]["segments"]
+    assert (segments["block_duration"], segments["test_fraction"]) == (10, 0.25)
+    steps = [step["step"] for step in study.recordings()[0].attrs["preprocessing"]]
+    assert "bandpass" not in steps and "resample" in steps
+    assert study.recordings()[0].sfreq == 120.0
+
+    shutil.rmtree(root / "Stimuli" / "Audio")
+    assert main(["convert", "broderick2019", str(tmp_path), str(tmp_path / "again.zarr")]) == 1
+    assert "audio1.wav does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "again.zarr").exists()
+    assert main(["convert", "no-such-study", str(tmp_path), str(tmp_path / "x.zarr")]) == 1
+    assert "known recipes" in capsys.readouterr().err
