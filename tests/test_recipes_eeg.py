@@ -82,9 +82,9 @@ def word_onsets(duration, step, grid):
 
 
 def expected_sample(time, native_rate, rate=120.0):
-    """Where MNE puts an event at ``time`` s: the native sample, then its resampled index."""
-    native = np.round(np.asarray(time) * native_rate)
-    return native.astype(np.int64) if rate == native_rate else np.round(native * rate / native_rate).astype(np.int64)
+    """The stored sample of an event at ``time`` s: its onset at the stored rate, rounded once
+    (``native_rate`` is the rate of the source file; the stored one is ``rate``)."""
+    return np.round(np.asarray(time) * rate).astype(np.int64)
 
 
 def check_windows_peak_at_onsets(study, grid_ids, channel):
@@ -256,6 +256,9 @@ def test_brennan_values_in_volts_and_the_papers_subset(tmp_path):
                     on_outside="drop")
     recording = study.recordings()[0]
     assert study.subjects == ["S01"]  # datasets.mat: use = {'S01.mat'}
+    from neurodec.io.recipes.brennan2019 import _subjects
+
+    assert _subjects(root, ["use"]) == ["S01"]  # as the command line passes it: --subjects use
     stored = np.asarray(recording.data[...], dtype=np.float64)
     original = loadmat(root / "S01.mat", simplify_cells=True)["raw"]["trial"] * 1e-6
     np.testing.assert_allclose(stored, original, rtol=1e-6, atol=1e-12)  # float32 store

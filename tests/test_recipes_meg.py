@@ -688,3 +688,17 @@ def test_defossez_configs_hold_the_speech_setting_and_build(name, n_chans, n_sub
     assert brain.shape == (2, 1024, 360)
     total, _ = loss(brain, torch.randn(2, 1024, 360))
     assert torch.isfinite(total)
+
+
+def test_meg_masc_sound_names_match_files_in_any_capitalisation(tmp_path):
+    from neurodec.io.recipes.meg_masc import sound_path
+
+    audio = tmp_path / "stimuli" / "audio"
+    audio.mkdir(parents=True)
+    (audio / "the_black_willow_0.wav").write_bytes(b"")
+    (audio / "lw1_0.wav").write_bytes(b"")
+    # The events name folders and files in other capitalisations, and with a float index.
+    assert sound_path(tmp_path, "Stimuli/Audio/The_Black_Willow_0.0.wav") == audio / "the_black_willow_0.wav"
+    assert sound_path(tmp_path, "stimuli/audio/lw1_0.0.wav") == audio / "lw1_0.wav"
+    assert sound_path(tmp_path, "stimuli/audio/lw1_1.wav") is None
+    assert sound_path(tmp_path, "sounds/lw1_0.wav") is None

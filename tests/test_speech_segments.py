@@ -394,3 +394,38 @@ def test_words_near_the_recording_edges_are_dropped_and_onsets_outside_are_error
     with pytest.raises(EventError, match="1 of 4 word onsets fall outside the recording.*'late'"):
         words_inside(words, 10.0, (-0.35, 2.65), "error", "rec")
     assert words_inside(words, 10.0, (-0.35, 2.65), "drop", "rec").tolist() == [False, True, False, False]
+
+
+def test_onsets_at_half_a_millisecond_find_their_segment():
+    # np.round rounds half to even, string formatting by the binary value: ids must be made and
+    # looked up by one rounding, or a recording's word silently loses its segment.
+    sounds = [SoundFile("s", RATE, RATE * 90)]
+    onsets = [1.0005, 5.0025, 40.0055, 70.2, 80.0125]
+    words = {"sound": ["s"] * 5, "onset": onsets, "word": ["a", "b", "c", "d", "e"]}
+    segments = make_segments(words, sounds, block_duration=30.0, test_fraction=0.3, seed=0, shift=0.0)
+    assert segments.lookup(words["sound"], onsets).tolist() == segments.ids.tolist()
+    events = word_events(segments, words["sound"], onsets, np.asarray(onsets) + 2.0, 1000.0)
+    assert len(events) == len(segments) == 5
+
+
+@pytest.mark.parametrize("kind", ["int24", "float32"])
+def test_sound_files_of_any_sample_format_are_described(tmp_path, kind):
+    import wave
+
+    from neurodec.targets.base import load_waveform
+
+    n, rate = 4410, 44100
+    path = tmp_path / f"{kind}.wav"
+    if kind == "float32":
+        wavfile.write(path, rate, np.linspace(-0.5, 0.5, n, dtype=np.float32))
+    else:  # 24-bit PCM (scipy writes no 24-bit files; the standard library does)
+        values = np.round(np.linspace(-0.5, 0.5, n) * (2 ** 23 - 1)).astype("<i4")
+        packed = b"".join(int(v).to_bytes(3, "little", signed=True) for v in values)
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1), out.setsampwidth(3), out.setframerate(rate), out.writeframes(packed)
+    sound = read_sound_file(path)
+    read_back = load_waveform(path)  # what the extractors read
+    assert (sound.sample_rate, sound.n_samples) == (rate, n) == (read_back.sample_rate, len(read_back.samples))
+    with pytest.raises(InputFileError, match="not a readable WAV file"):
+        (tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+        read_sound_file(tmp_path / "broken.wav")

@@ -83,11 +83,18 @@ def read_sound_file(path: str | os.PathLike, sound_id: str | None = None, uri: s
     if not path.is_file():
         raise InputFileError(f"sound file {path} does not exist (it is named by the study's events; put the "
                              f"study's stimuli folder in place, or pass the folder that holds it)")
-    try:
-        rate, samples = wavfile.read(path, mmap=True)
-    except ValueError as error:
-        raise InputFileError(f"{path}: not a readable WAV file ({error})") from None
-    return SoundFile(id=sound_id or path.stem, sample_rate=float(rate), n_samples=int(samples.shape[0]),
+    import wave
+
+    try:  # integer PCM of any width (24-bit included): the header alone
+        with wave.open(str(path), "rb") as header:
+            rate, n_samples = header.getframerate(), header.getnframes()
+    except (wave.Error, EOFError):  # floating-point WAV: scipy maps the samples without reading them
+        try:
+            rate, samples = wavfile.read(path, mmap=True)
+        except ValueError as error:
+            raise InputFileError(f"{path}: not a readable WAV file ({error})") from None
+        n_samples = samples.shape[0]
+    return SoundFile(id=sound_id or path.stem, sample_rate=float(rate), n_samples=int(n_samples),
                      uri=str(path) if uri is None else uri)
 
 
@@ -97,7 +104,17 @@ def segment_id(sound: str, onset: float) -> str:
     >>> segment_id("lw1_0", 12.3456)
     'lw1_0@12.346s'
     """
-    return f"{sound}@{onset:.3f}s"
+    return f"{sound}@{onset_text(onset)}s"
+
+
+def onset_text(onset: float) -> str:
+    """An onset as segment ids write it, to the millisecond; the one rounding of onsets, so that
+    ids made from the words and ids looked up for a recording's words always agree.
+
+    >>> onset_text(5.0025), float(onset_text(5.0025))
+    ('5.002', 5.002)
+    """
+    return f"{float(onset):.3f}"
 
 
 @dataclass
@@ -223,7 +240,7 @@ def make_segments(
         raise ConfigError(f"words: columns {missing_columns} are missing; found {sorted(words)}")
     by_id = _as_sounds(sounds)
     sound = np.asarray([str(s) for s in words["sound"]], dtype=object)
-    onset = np.round(np.asarray(words["onset"], dtype=np.float64), 3)
+    onset = np.asarray([float(onset_text(o)) for o in np.asarray(words["onset"], dtype=np.float64)])
     word = np.asarray([str(w) for w in words["word"]], dtype=object)
     if not (len(sound) == len(onset) == len(word)):
         raise ConfigError(f"words: columns differ in length (sound {len(sound)}, onset {len(onset)}, word {len(word)})")

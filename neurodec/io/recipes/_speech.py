@@ -268,6 +268,11 @@ def write_speech_store(
                 info_extra={**dict(recording.info_extra or {}), **counts}, copy=False,
             )
             del raw  # the next recording is read only once this one is written and released
+            if ingest_options.preprocessing.crop is None:
+                # One rounding, at the stored rate: MNE's resampling of the events rounds the native
+                # sample again, which put up to a quarter of Broderick's words (128 -> 120 Hz) one
+                # stored sample off their onset.
+                converted.events["sample"][:] = np.round(converted.events["onset"] * converted.sfreq)
             writer.add_recording(converted)
             dropped[converted.key] = counts
             del converted

@@ -249,6 +249,8 @@ def _subjects(source: Path, subjects: Any) -> list[str]:
         if not aligned:
             raise InputFileError(f"{source}: none of {present} has its proc/Sxx.mat (unpack proc.zip in place)")
         return aligned
+    if not isinstance(subjects, str) and len(subjects) == 1 and str(subjects[0]).strip().lower() == "use":
+        subjects = str(subjects[0])  # the command line gives lists: --subjects use
     if isinstance(subjects, str) and subjects.strip().lower() == "use":
         path = source / SUBSETS_FILE
         use = read_mat(path, ["use"], "dataset list")["use"]

@@ -272,13 +272,21 @@ def _clean_sound_name(name: str) -> str:
 
 def sound_path(root: Path, name: str) -> Path | None:
     """The wav file an event names, relative to the BIDS root: as written, without the
-    float index, or with another capitalisation; ``None`` when none exists."""
+    float index, or with another capitalisation (of the folders too: the events write
+    ``stimuli/audio``, as brainmagick reads it, whatever the folder on disk); ``None`` when
+    none exists."""
     written = root / name
     if written.is_file():
         return written
-    folder = written.parent
-    if not folder.is_dir():
-        return None
+    folder = root
+    for part in Path(name).parent.parts:
+        if (folder / part).is_dir():
+            folder = folder / part
+            continue
+        matches = [c for c in sorted(folder.iterdir()) if c.is_dir() and c.name.lower() == part.lower()]
+        if not matches:
+            return None
+        folder = matches[0]
     wanted = {Path(name).name.lower(), _clean_sound_name(name).lower()}
     for candidate in sorted(folder.iterdir()):
         if candidate.name.lower() in wanted and candidate.is_file():
