@@ -298,10 +298,17 @@ class SpeechEvaluationConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """What ``neurodec evaluate`` computes beyond the encoder's own retrieval."""
+    """What ``neurodec evaluate`` computes beyond the encoder's own retrieval.
+
+    Speech runs (docs/speech-evaluation.md) embed and rank the test windows ``chunk_items``
+    at a time and keep only per-query ranks; the sections that need every flattened
+    prediction at once (N-way / full-set retrieval, the ridge baseline) are computed only
+    when their arrays fit ``max_memory_gb``, else the report says they were left out."""
 
     ridge: RidgeBaselineConfig = Field(default_factory=RidgeBaselineConfig)
     speech: SpeechEvaluationConfig = Field(default_factory=SpeechEvaluationConfig)
+    max_memory_gb: float = Field(4.0, gt=0)
+    chunk_items: int = Field(512, ge=1)
 
 
 class ReconstructionConfig(_Section):

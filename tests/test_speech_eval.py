@@ -246,3 +246,32 @@ def test_bad_speech_sections_are_named(tmp_path, change, message):
     with pytest.raises(ReportInputError, match=message):
         write_report(tmp_path, results, title="speech", figures=False)
     assert not (tmp_path / "report.json").exists()
+
+
+def test_word_level_ignores_case_and_full_stops_as_brainmagicks_word_hash():
+    from neurodec.metrics.speech import segment_ranks
+
+    targets = np.eye(3, dtype=np.float32)
+    # The query heard segment 0 ("The"); segment 1 ("the.") scores best, segment 2 ("cat") second.
+    ranks = segment_ranks(np.array([[0.1, 1.0, 0.5]]), targets, [0], words=["The", "the.", "cat"])
+    assert ranks.segment.tolist() == [3]
+    assert ranks.word.tolist() == [1] and ranks.same_word.tolist() == [2]
+
+
+def test_ranks_of_chunks_summarise_to_the_numbers_of_one_call(speech_like):
+    from neurodec.metrics.speech import SegmentRanks, summarize_segment_ranks
+
+    brain, targets, segments, words, subjects = speech_like
+    options = dict(max_negatives=15, seed=3)
+    expected = segment_retrieval(brain, targets, segments, words=words, subjects=subjects, n_bootstrap=200, **options)
+    # Chunks of 7 queries (uneven, some queries outside the capped pool in each): one pool for all.
+    parts = [segment_ranks(brain[start:start + 7], targets, segments[start:start + 7], words=words, **options)
+             for start in range(0, len(brain), 7)]
+    ranks = SegmentRanks.concatenate(parts)
+    whole = segment_ranks(brain, targets, segments, words=words, **options)
+    for name in ("segment", "word", "same_word", "in_pool"):
+        np.testing.assert_array_equal(getattr(ranks, name), getattr(whole, name))
+    assert summarize_segment_ranks(ranks, subjects=subjects, n_bootstrap=200, **options) == expected
+    other_pool = segment_ranks(brain[:5], targets, segments[:5], words=words, max_negatives=15, seed=4)
+    with pytest.raises(MetricInputError, match="same candidates"):
+        SegmentRanks.concatenate([parts[0], other_pool])

@@ -297,3 +297,50 @@ def test_two_processes_give_the_negatives_and_metrics_of_one(speech_store, tmp_p
     outputs = [windows_by_hand(speech_store, folder, part="val")[0] for folder in (tmp_path / "one", tmp_path / "two")]
     assert outputs[0].shape[1:] == (MEL["n_mels"], 120)
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+
+
+def test_streamed_evaluation_equals_the_unchunked_one_and_says_what_it_left_out(speech_store, tmp_path):
+    """Windows embedded and ranked 5 at a time under a budget of a few kB give the speech
+    numbers of one ranking of every prediction at once; the sections that need every
+    flattened prediction are cut down (retrieval) or left out (ridge), and say why."""
+    from neurodec.evaluation import evaluate_run, load_encoder
+    from neurodec.evaluation.run import _rebuild_splits, _speech_candidates
+    from neurodec.metrics import segment_retrieval
+    from neurodec.store import open_store
+    from neurodec.training._setup import make_dataset
+
+    run = train(load_config(speech_config(speech_store, tmp_path / "runs", "stream")))
+    options = dict(n_ways=(2,), n_repeats=2, n_bootstrap=100, n_permutations=0, report=False)
+    full = evaluate_run(run.run_dir, **options)
+    tiny = evaluate_run(run.run_dir, max_memory_gb=1e-5, chunk_items=5, **options)
+
+    # The unchunked path: every prediction embedded at once, ranked in one call.
+    trained = load_encoder(run.run_dir)
+    study = open_store(speech_store)
+    splits = _rebuild_splits(run.run_dir, json.loads((run.run_dir / "splits.json").read_text()), ("test",))
+    test_set = make_dataset(trained.config, study, splits, "test", average=False)
+    test_set.transform = trained.transform
+    brain = trained.embed_dataset(test_set)
+    ids, candidates, segments = _speech_candidates(study, "mel", np.asarray(test_set.stimulus_ids))
+    all_ids, all_targets = study.targets("mel")
+    np.testing.assert_array_equal(candidates, all_targets[[all_ids.tolist().index(i) for i in ids]])
+    subjects = np.asarray(trained.subject_labels)[np.asarray(test_set.subject_index)]
+    metadata = dict(zip(study.stimuli["id"].tolist(), study.stimuli["metadata"].tolist()))
+    words = [json.loads(metadata[name])["word"] for name in ids]
+    expected = segment_retrieval(brain, candidates, segments, words=words, subjects=subjects, n_bootstrap=100)
+    for results in (full, tiny):
+        assert results["speech"]["meg / brainmagick"]["metrics"] == expected
+
+    # Full budget: every section, the ridge too; tiny budget: no ridge, retrieval on a subset.
+    assert "meg / ridge" in full["baselines"] and "meg / ridge" in full["speech"]
+    assert "skipped" not in full["meta"] and "note" not in full["retrieval"]["meg / brainmagick"]
+    assert not tiny["baselines"] and "meg / ridge" not in tiny["speech"]
+    assert "evaluation.max_memory_gb = 1e-05" in tiny["meta"]["skipped"]["ridge baseline"]
+    note = tiny["retrieval"]["meg / brainmagick"]["note"]
+    assert f"on 10 of {len(test_set)} test items" in note and "raise it" in note
+    assert sum(tiny["retrieval"]["meg / brainmagick"]["metrics"]["n_items"].values()) == 10
+    # The report says so too.
+    from neurodec.report import write_report
+
+    markdown = write_report(tmp_path / "tiny-report", tiny, title="tiny", figures=False).markdown.read_text()
+    assert "Not computed: ridge baseline: " in markdown and f"on 10 of {len(test_set)} test items" in markdown

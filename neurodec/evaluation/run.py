@@ -238,17 +238,29 @@ class TrainedEncoder:
         The dataset must be built on this run's store (subject indices are the store's) and
         its ``transform`` set to :attr:`transform` for the encoder to see what it was trained on.
         """
+        return self.embed_rows(dataset, np.arange(len(dataset)), batch_size=batch_size)
+
+    def embed_rows(self, dataset, rows, *, batch_size: int = 256, show_progress: bool = True) -> np.ndarray:
+        """Embed some items of a neurodec dataset (``rows``, item indices), in that order; as
+        :meth:`embed_dataset`, which is ``embed_rows(dataset, range(len(dataset)))``.
+
+        >>> encoder.embed_rows(test_set, np.arange(256, 512)).shape      # doctest: +SKIP
+        (256, 40, 361)
+        """
         import torch
 
         from neurodec._logging import progress
 
+        rows = np.asarray(rows, dtype=np.int64)
         self.encoder.eval()
         device = self.device
         outputs = []
-        starts = range(0, len(dataset), batch_size)
+        starts = range(0, len(rows), batch_size)
+        if show_progress:
+            starts = progress(starts, "embedding the evaluation split", total=len(starts))
         with torch.no_grad():
-            for start in progress(starts, "embedding the evaluation split", total=len(starts)):
-                batch = dataset[list(range(start, min(start + batch_size, len(dataset))))]
+            for start in starts:
+                batch = dataset[rows[start: start + batch_size].tolist()]
                 brain = batch["brain"]
                 brain = ({key: value.to(device) for key, value in brain.items()} if isinstance(brain, dict)
                          else brain.to(device))
@@ -580,29 +592,86 @@ def _speech_words(config, study, candidate_ids: np.ndarray, run_dir: Path) -> np
     return None
 
 
-def _speech_entries(config, study, run_dir, stimulus_ids, subjects, ids, embeddings, scored: dict, *, seed: int,
-                    n_bootstrap: int, device) -> dict | None:
-    """``results["speech"]``: brainmagick's segment retrieval of each scored entry, or None when off.
-
-    ``scored`` maps an entry name to ``(entry fields, predictions in test item order)``.
-    The candidates are the distinct segments of the test items."""
-    from neurodec.metrics import segment_retrieval
-
+def _speech_candidates(study, key: str, stimulus_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct test segments (sorted ids), their targets (only those rows of the store)
+    and each test item's row among them."""
     candidate_ids = np.asarray(sorted(set(np.asarray(stimulus_ids).tolist())), dtype=object)
-    words = _speech_words(config, study, candidate_ids, run_dir)
-    if words is None:
-        return None
-    options = config.evaluation.speech
     row_of = {name: row for row, name in enumerate(candidate_ids.tolist())}
     segments = np.asarray([row_of[name] for name in np.asarray(stimulus_ids).tolist()], dtype=np.int64)
-    candidates = embeddings[_target_rows(ids, candidate_ids)]
-    logger.info("speech segment retrieval: %d queries against %d test segments (at most %d per query)",
-                len(segments), len(candidate_ids), options.max_negatives)
-    return {name: {**fields, "metrics": segment_retrieval(
-                predictions, candidates, segments, words=words, subjects=subjects,
-                max_negatives=options.max_negatives, top_ks=tuple(options.top_ks),
-                word_top_ks=tuple(options.word_top_ks), seed=seed, n_bootstrap=n_bootstrap, device=device)}
+    return candidate_ids, study.target_rows(key, candidate_ids), segments
+
+
+def _speech_entries(config, candidates, segments, words, subjects, scored: dict, *, seed: int, n_bootstrap: int,
+                    device) -> dict:
+    """brainmagick's segment retrieval of each entry of ``scored`` (name -> (entry fields,
+    predictions in test item order)), ranked against ``candidates``."""
+    from neurodec.metrics.speech import segment_retrieval
+
+    _, summary = _speech_options(config, seed, n_bootstrap)
+    return {name: {**fields, "metrics": segment_retrieval(predictions, candidates, segments, words=words,
+                                                          subjects=subjects, device=device, **summary)}
             for name, (fields, predictions) in scored.items()}
+
+
+def _speech_options(config, seed: int, n_bootstrap: int) -> tuple[dict, dict]:
+    """Keyword arguments of :func:`segment_ranks` and of :func:`summarize_segment_ranks`."""
+    options = config.evaluation.speech
+    ranking = dict(max_negatives=options.max_negatives, seed=seed)
+    summary = dict(max_negatives=options.max_negatives, top_ks=tuple(options.top_ks),
+                   word_top_ks=tuple(options.word_top_ks), seed=seed, n_bootstrap=n_bootstrap)
+    return ranking, summary
+
+
+def _stream_speech_ranks(trained, test_set, candidates, segments, words, *, chunk_items: int, batch_size: int,
+                         keep_rows: np.ndarray, ranking: dict, device) -> tuple[Any, np.ndarray]:
+    """Embed the test windows ``chunk_items`` at a time and rank each chunk against the candidates.
+
+    Returns the concatenated :class:`SegmentRanks` and the predictions of ``keep_rows`` (the
+    only predictions kept; the others are dropped once ranked). Chunks hold whole batches,
+    so the encoder sees the batches of :meth:`TrainedEncoder.embed_dataset`."""
+    from neurodec._logging import progress
+    from neurodec.metrics.speech import SegmentRanks, segment_ranks
+
+    batch = min(batch_size, chunk_items)
+    chunk = max(1, chunk_items // batch) * batch
+    n_items = len(test_set)
+    keep = np.zeros(n_items, dtype=bool)
+    keep[keep_rows] = True
+    parts, kept, tail = [], [], ()
+    starts = range(0, n_items, chunk)
+    for start in progress(starts, "embedding and ranking the test windows", total=len(starts)):
+        rows = np.arange(start, min(start + chunk, n_items))
+        predictions = trained.embed_rows(test_set, rows, batch_size=batch, show_progress=False)
+        tail = predictions.shape[1:]
+        parts.append(segment_ranks(predictions, candidates, segments[rows], words=words, device=device, **ranking))
+        if keep[rows].any():
+            kept.append(predictions[keep[rows]])
+    kept_array = np.concatenate(kept) if kept else np.empty((0, *tail), dtype=np.float32)
+    return SegmentRanks.concatenate(parts), kept_array
+
+
+def _memory_plan(config, study, trained, test_set, n_items: int, *, baselines: bool) -> dict[str, Any]:
+    """Whether the sections that hold every flattened prediction fit ``evaluation.max_memory_gb``.
+
+    Estimates (bytes): N-way / full-set retrieval holds the flattened predictions and a
+    per-query copy of the targets (float32); the ridge baseline the whole target set, a
+    per-item copy of it, its weight matrix (features x outputs) and test predictions (float64)."""
+    budget = float(config.evaluation.max_memory_gb) * 2**30
+    shape = study.target_shape(trained.target_key)
+    values = int(np.prod(shape[1:], dtype=np.int64))
+    retrieval = 2 * 4 * n_items * values
+    plan: dict[str, Any] = {"budget_gb": config.evaluation.max_memory_gb,
+                            "retrieval_gb": retrieval / 2**30, "retrieval": retrieval <= budget}
+    if baselines:
+        brain = test_set.read_batch(np.arange(1))["brain"]
+        brain = np.stack(brain) if isinstance(brain, list) else np.asarray(brain)
+        pool = config.evaluation.ridge.time_pool
+        features = int(np.prod(brain.shape[1:-1], dtype=np.int64)) * (brain.shape[-1] // pool if brain.ndim == 3
+                                                                        and pool > 1 else brain.shape[-1])
+        ridge = 8 * values * (features + 2 * n_items) + 2 * 4 * values * shape[0]
+        plan["ridge_gb"] = ridge / 2**30
+        plan["ridge"] = plan["retrieval"] and ridge <= budget
+    return plan
 
 
 def evaluate_run(
@@ -625,6 +694,8 @@ def evaluate_run(
     batch_size: int = 256,
     reconstructions: bool | str | os.PathLike = "auto",
     image_networks: Sequence[str] = ("efficientnet-lite0",),
+    max_memory_gb: float | None = None,
+    chunk_items: int | None = None,
 ) -> dict[str, Any]:
     """Score a trained run on its test split and write report.json / .md / .html.
 
@@ -651,6 +722,12 @@ def evaluate_run(
     gains a ``speech`` section: brainmagick's segment top-1 / top-10 and word top-10 of the
     encoder (and of the ridge baseline), each query ranked against every test segment
     (:func:`neurodec.metrics.segment_retrieval`), with chance and 95% intervals, per subject.
+    The test windows are embedded and ranked ``chunk_items`` at a time (default
+    ``evaluation.chunk_items``) against the test segments' targets (only those rows are read);
+    only per-query ranks are kept. N-way / full-set retrieval and the ridge baseline hold
+    every flattened prediction: when that exceeds ``max_memory_gb`` (default
+    ``evaluation.max_memory_gb``) the former is scored on a random subset of items that fits
+    (the entry's ``note`` says so) and the latter is left out (``meta.skipped`` says why).
 
     Repeated seeds: a run folder of ``train.n_seeds > 1`` (``seed-<s>/`` folders and
     ``summary.json``) is evaluated seed by seed (each seed's report in its folder, or in
@@ -664,6 +741,7 @@ def evaluate_run(
     >>> results["retrieval"]["eeg / nice"]["metrics"]["brain->stimulus"]["pooled"]["200-way top-1"]  # doctest: +SKIP
     """
     from neurodec.metrics import evaluate_retrieval
+    from neurodec.metrics.speech import summarize_segment_ranks
     from neurodec.report import similarity_excerpt, validate_results, write_report
     from neurodec.training import read_history
     from neurodec.training._setup import make_dataset
@@ -677,7 +755,8 @@ def evaluate_run(
             options=dict(split=split, checkpoint=checkpoint, n_ways=n_ways, top_ks=top_ks,
                          full_set_top_ks=full_set_top_ks, n_repeats=n_repeats, n_bootstrap=n_bootstrap,
                          n_permutations=n_permutations, seed=seed, store=store, device=device, batch_size=batch_size,
-                         reconstructions=reconstructions, image_networks=image_networks))
+                         reconstructions=reconstructions, image_networks=image_networks,
+                         max_memory_gb=max_memory_gb, chunk_items=chunk_items))
     trained = load_encoder(run_dir, checkpoint, device=device)
     run_dir = trained.run_dir
     _require_file(run_dir / SPLITS_FILE, "the train/val/test split")
@@ -699,35 +778,90 @@ def evaluate_run(
 
     logger.info("evaluating %s (%s checkpoint) on %d %s items of %s", run_dir, checkpoint, len(test_set), split,
                 study.url)
-    brain = trained.embed_dataset(test_set, batch_size=batch_size)
-    ids, embeddings = study.targets(trained.target_key)
     stimulus_ids = np.asarray(test_set.stimulus_ids)
-    targets = embeddings[_target_rows(ids, stimulus_ids)]
     subjects = np.asarray(trained.subject_labels)[np.asarray(test_set.subject_index)]
     # Without averaging a stimulus can be several items: for full-set ranking they count as one.
     labels = None if average else np.asarray(test_set.stimulus_index)
     metric_options = dict(subjects=subjects, n_ways=tuple(n_ways), top_ks=tuple(top_ks),
                           full_set_top_ks=tuple(full_set_top_ks), labels=labels, n_repeats=n_repeats, seed=seed,
                           n_bootstrap=n_bootstrap, n_permutations=n_permutations, device=device)
+    modality = test_set.modality
+    model_name = trained.encoder.model_name
+    model_fields = {"modality": modality, "model": model_name, "checkpoint": checkpoint}
+    if max_memory_gb is not None:
+        config.evaluation.max_memory_gb = max_memory_gb
+    if chunk_items is not None:
+        config.evaluation.chunk_items = chunk_items
+    candidate_ids = np.asarray(sorted(set(stimulus_ids.tolist())), dtype=object)
+    words = _speech_words(config, study, candidate_ids, run_dir)
+    skipped: dict[str, str] = {}
+    speech = None
+    retrieval_note = None
+    if words is None:
+        brain = trained.embed_dataset(test_set, batch_size=batch_size)
+        ids, embeddings = study.targets(trained.target_key)
+        targets = embeddings[_target_rows(ids, stimulus_ids)]
+        query_rows = np.arange(len(test_set))
+        run_ridge = baselines
+    else:
+        # Speech: time-resolved predictions of every window do not fit in memory at the paper's
+        # size; they are ranked chunk by chunk and only the ranks are kept.
+        candidate_ids, candidates, segments = _speech_candidates(study, trained.target_key, stimulus_ids)
+        plan = _memory_plan(config, study, trained, test_set, len(test_set), baselines=baselines)
+        if plan["retrieval"]:
+            query_rows = np.arange(len(test_set))
+        else:
+            # The N-way / full-set section on a random subset of queries that fits the budget.
+            fitting = int(plan["budget_gb"] * 2**30 // max(1, plan["retrieval_gb"] * 2**30 / len(test_set)))
+            size = min(len(test_set), max(fitting, 10))
+            query_rows = np.sort(np.random.default_rng(seed).choice(len(test_set), size, replace=False))
+            retrieval_note = (f"N-way / full-set retrieval over flattened predictions on {size} of {len(test_set)} "
+                              f"test items drawn at random (seed {seed}): all of them need about "
+                              f"{plan['retrieval_gb']:.1f} GB, over evaluation.max_memory_gb = {plan['budget_gb']} "
+                              f"(raise it, or evaluate fewer subjects, for all items). Speech segment retrieval "
+                              f"uses every item.")
+            logger.info("%s", retrieval_note)
+        run_ridge = baselines and plan["ridge"]
+        if baselines and not run_ridge:
+            skipped["ridge baseline"] = (f"not computed: its arrays need about {plan['ridge_gb']:.1f} GB, over "
+                                         f"evaluation.max_memory_gb = {plan['budget_gb']} (raise it, or evaluate "
+                                         f"fewer subjects or a larger evaluation.ridge.time_pool)")
+            logger.info("ridge baseline %s", skipped["ridge baseline"])
+        ranking, summary = _speech_options(config, seed, n_bootstrap)
+        logger.info("speech segment retrieval: %d queries against %d test segments (at most %d per query), "
+                    "%d windows at a time", len(segments), len(candidate_ids), ranking["max_negatives"],
+                    config.evaluation.chunk_items)
+        ranks, brain = _stream_speech_ranks(trained, test_set, candidates, segments, words,
+                                            chunk_items=config.evaluation.chunk_items, batch_size=batch_size,
+                                            keep_rows=query_rows, ranking=ranking, device=device)
+        speech = {f"{modality} / {model_name}": {**model_fields, "metrics": summarize_segment_ranks(
+            ranks, subjects=subjects, **summary)}}
+        targets = candidates[segments[query_rows]]
+        if len(query_rows) < len(test_set):
+            metric_options["subjects"] = subjects[query_rows]
+            metric_options["labels"] = None if labels is None else labels[query_rows]
     flat_brain, flat_targets = brain.reshape(len(brain), -1), targets.reshape(len(targets), -1)
     metrics = evaluate_retrieval(flat_brain, flat_targets, **metric_options)
 
-    modality = test_set.modality
-    model_name = trained.encoder.model_name
-    retrieval = {f"{modality} / {model_name}": {"modality": modality, "model": model_name, "checkpoint": checkpoint,
-                                                "metrics": metrics}}
+    retrieval = {f"{modality} / {model_name}": {**model_fields, "metrics": metrics}}
+    if retrieval_note is not None:
+        retrieval[f"{modality} / {model_name}"]["note"] = retrieval_note
     baseline_entries = {}
-    scored = {f"{modality} / {model_name}": ({"modality": modality, "model": model_name, "checkpoint": checkpoint},
-                                              brain)}
-    if baselines:
+    scored = {}
+    if run_ridge:
+        if words is not None:
+            targets = candidates[segments]
+            metric_options.update(subjects=subjects, labels=labels)
         entry, ridge_predictions = _ridge_entry(trained, config, study, splits, test_set, targets, metric_options,
                                                 data_record)
         baseline_entries[f"{modality} / ridge"] = {"modality": modality, **entry}
         scored[f"{modality} / ridge"] = ({"modality": modality, "kind": "ridge"}, ridge_predictions)
-    speech = _speech_entries(config, study, run_dir, stimulus_ids, subjects, ids, embeddings, scored, seed=seed,
-                             n_bootstrap=n_bootstrap, device=device)
+    if words is not None:
+        speech.update(_speech_entries(config, candidates, segments, words, subjects, scored, seed=seed,
+                                      n_bootstrap=n_bootstrap, device=device))
 
-    first_subject = np.flatnonzero(subjects == subjects[0])
+    subjects_kept = subjects[query_rows]
+    first_subject = np.flatnonzero(subjects_kept == subjects_kept[0])
     meta = {
         "store": study.url,
         "config": trained.config.to_dict(),
@@ -746,13 +880,15 @@ def evaluate_run(
     }
     if store is not None:
         meta["store_at_training"] = str(trained.config.data.store)
+    if skipped:
+        meta["skipped"] = skipped
     results = {
         "meta": meta,
         "retrieval": retrieval,
         "baselines": baseline_entries,
         "training_history": read_history(run_dir),
         "similarity_excerpt": similarity_excerpt(flat_brain[first_subject], flat_targets[first_subject], size=50,
-                                                 rows=f"brain embeddings (subject {subjects[0]}, {split})",
+                                                 rows=f"brain embeddings (subject {subjects_kept[0]}, {split})",
                                                  columns=f"{trained.target_key} embeddings"),
     }
     if speech is not None:

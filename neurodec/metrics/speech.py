@@ -139,6 +139,33 @@ class SegmentRanks:
         """Whether the candidates are a random pool rather than every segment."""
         return self.n_candidates < self.n_segments
 
+    @classmethod
+    def concatenate(cls, parts: Sequence["SegmentRanks"]) -> "SegmentRanks":
+        """The ranks of several query chunks ranked against the same candidates, in chunk order.
+
+        A query's ranks depend only on the query, its segment and the candidate pool, so
+        ranking the queries chunk by chunk (:func:`segment_ranks` on each, same targets, same
+        ``max_negatives`` and ``seed``) and concatenating gives the ranks of one call.
+
+        >>> import numpy as np
+        >>> targets = np.eye(3, dtype=np.float32)
+        >>> parts = [segment_ranks(targets[[i]], targets, [i]) for i in range(3)]
+        >>> SegmentRanks.concatenate(parts).segment.tolist()
+        [1, 1, 1]
+        """
+        if not parts:
+            raise MetricInputError("parts: expected the ranks of at least one chunk of queries, found none")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.n_segments != first.n_segments or part.n_candidates != first.n_candidates
+                    or not np.array_equal(part.pool, first.pool) or (part.word is None) != (first.word is None)):
+                raise MetricInputError("parts: expected chunks ranked against the same candidates (same targets, "
+                                       "max_negatives and seed, words given to all or none)")
+        join = (lambda name: None if getattr(first, name) is None
+                else np.concatenate([getattr(part, name) for part in parts]))
+        return cls(segment=join("segment"), word=join("word"), same_word=join("same_word"), in_pool=join("in_pool"),
+                   pool=first.pool, n_candidates=first.n_candidates, n_segments=first.n_segments)
+
 
 def _as_segment_index(segments, n_queries: int, n_segments: int) -> np.ndarray:
     array = np.asarray(segments.cpu() if isinstance(segments, torch.Tensor) else segments)
@@ -155,6 +182,17 @@ def _query_chunk_size(n_features: int, n_candidates: int, block_bytes: int) -> i
     """Queries per chunk: a chunk of predictions (normalised once, a copy) and its block of
     scores each stay within ``block_bytes``."""
     return max(1, min(block_bytes // (4 * max(1, n_features)), block_bytes // (4 * max(1, n_candidates))))
+
+
+def normalize_words(words) -> np.ndarray:
+    """Words as the word-level metric compares them: lower case, without trailing or leading
+    full stops (brainmagick's word hash), so "The", "the" and "the." are one word.
+
+    >>> normalize_words(["The", "the.", "Cat"]).tolist()
+    ['the', 'the', 'cat']
+    """
+    return np.asarray([str(word).lower().strip(".") for word in np.asarray(words, dtype=object).ravel()],
+                      dtype=object)
 
 
 def segment_ranks(
@@ -180,7 +218,8 @@ def segment_ranks(
     segments
         (n_queries,) row of ``targets`` that each query heard.
     words
-        Optional (n_segments,) word each segment starts with.
+        Optional (n_segments,) word each segment starts with; compared after
+        :func:`normalize_words` (case and full stops ignored, as brainmagick's word hash).
     max_negatives, seed
         The candidate pool (module docstring, :func:`candidate_pool`).
 
@@ -200,7 +239,7 @@ def segment_ranks(
     if n_segments < 2:
         raise MetricInputError(f"targets: segment retrieval needs at least 2 segments, found {n_segments}")
     segment = _as_segment_index(segments, n_queries, n_segments)
-    codes = None if words is None else label_codes(words, "words", n_segments)
+    codes = None if words is None else label_codes(normalize_words(words), "words", n_segments)
 
     pool = candidate_pool(n_segments, max_negatives, seed)
     capped = len(pool) < n_segments
@@ -293,12 +332,46 @@ def segment_retrieval(
     >>> segment_retrieval(targets, targets, np.arange(20), n_bootstrap=0)["pooled"]
     {'segment top-1': 1.0, 'segment top-10': 1.0}
     """
-    top_ks = _check_ks(top_ks, "top_ks")
-    word_top_ks = _check_ks(word_top_ks, "word_top_ks") if words is not None else ()
-    if not top_ks and not word_top_ks:
+    _check_ks(top_ks, "top_ks")
+    if words is not None:
+        _check_ks(word_top_ks, "word_top_ks")
+    if not top_ks and not (words is not None and word_top_ks):
         raise MetricInputError("top_ks and word_top_ks: expected at least one top-k, found none")
     ranks = segment_ranks(brain, targets, segments, words=words, max_negatives=max_negatives, seed=seed,
                           tie_tolerance=tie_tolerance, device=device, block_bytes=block_bytes)
+    return summarize_segment_ranks(ranks, subjects=subjects, max_negatives=max_negatives, top_ks=top_ks,
+                                   word_top_ks=word_top_ks, seed=seed, n_bootstrap=n_bootstrap,
+                                   confidence=confidence)
+
+
+def summarize_segment_ranks(
+    ranks: SegmentRanks,
+    *,
+    subjects=None,
+    max_negatives: int = DEFAULT_MAX_NEGATIVES,
+    top_ks: Sequence[int] = (1, 10),
+    word_top_ks: Sequence[int] = (10,),
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+) -> dict:
+    """:func:`segment_retrieval`'s output from per-query ranks (:func:`segment_ranks`).
+
+    What :func:`segment_retrieval` computes after ranking, so ranks gathered chunk by chunk
+    (:meth:`SegmentRanks.concatenate`) give the same numbers as one call on every query.
+    ``word_top_ks`` apply when the ranks have word ranks; arguments as :func:`segment_retrieval`.
+
+    >>> import numpy as np
+    >>> targets = np.eye(4, dtype=np.float32)
+    >>> ranks = SegmentRanks.concatenate([segment_ranks(targets[:2], targets, [0, 1]),
+    ...                                   segment_ranks(targets[2:], targets, [2, 3])])
+    >>> summarize_segment_ranks(ranks, top_ks=(1,), n_bootstrap=0)["pooled"]
+    {'segment top-1': 1.0}
+    """
+    top_ks = _check_ks(top_ks, "top_ks")
+    word_top_ks = _check_ks(word_top_ks, "word_top_ks") if ranks.word is not None else ()
+    if not top_ks and not word_top_ks:
+        raise MetricInputError("top_ks and word_top_ks: expected at least one top-k, found none")
     n_queries, n = len(ranks.segment), ranks.n_candidates
     groups = subject_groups(subjects, n_queries)
 
@@ -390,9 +463,11 @@ __all__ = [
     "DEFAULT_MAX_NEGATIVES",
     "SegmentRanks",
     "candidate_pool",
+    "normalize_words",
     "segment_metric_name",
     "segment_ranks",
     "segment_retrieval",
     "summarize_over_seeds",
+    "summarize_segment_ranks",
     "word_metric_name",
 ]

@@ -87,6 +87,8 @@ def _blocks(results: dict, title: str, generated: dict, figures: list) -> list[B
     blocks += [Block("heading", "Summary"), Block("code", format_summary_table(results))]
     if results["speech"]:
         blocks.append(Block("code", format_speech_summary(results)))
+    for what, reason in (results["meta"].get("skipped") or {}).items():  # e.g. over evaluation.max_memory_gb
+        blocks.append(Block("text", f"Not computed: {what}: {reason}"))
     blocks += [Block("heading", "Provenance"), Block("table", table=provenance_table(results, generated)),
                Block("heading", "Config", level=3),
                Block("code", json.dumps(results["meta"]["config"], indent=2, sort_keys=True))]
@@ -102,7 +104,8 @@ def _blocks(results: dict, title: str, generated: dict, figures: list) -> list[B
         n_way = [metric for metric in names if not metric.startswith("full-set")]
         full_set = [metric for metric in names if metric.startswith("full-set")]
         blocks += [Block("heading", f"Retrieval: {name}"),
-                   Block("text", f"{entry['modality']}, {kind}. " + protocol_text(metrics))]
+                   Block("text", f"{entry['modality']}, {kind}. " + protocol_text(metrics)
+                         + (f" {entry['note']}" if entry.get("note") else ""))]
         if n_way:
             blocks += [Block("heading", f"{name}: N-way retrieval", level=3), Block("table", table=detail_table(metrics, n_way))]
         if full_set:

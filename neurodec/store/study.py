@@ -292,6 +292,30 @@ class Study:
         ids = _as_str(group["stimulus_id"][...])
         return ids, group["embedding"][...]
 
+    def target_rows(self, key: str, stimulus_ids) -> np.ndarray:
+        """The embeddings of some stimuli of one target set, in the order of ``stimulus_ids``.
+
+        Reads only those rows (a target set of time-resolved features can be far larger
+        than memory); the ids are read in full.
+
+        >>> study.target_rows("mel", ["story0@1.00s"]).shape       # doctest: +SKIP
+        (1, 40, 360)
+        """
+        group = self._target_group(key)
+        ids = _as_str(group["stimulus_id"][...])
+        row_of = {name: row for row, name in enumerate(ids.tolist())}
+        wanted = [str(name) for name in np.asarray(stimulus_ids, dtype=object).ravel().tolist()]
+        unknown = [name for name in wanted if name not in row_of]
+        if unknown:
+            raise StoreError(f"{self.url}: targets {key!r} have no rows for stimuli {unknown[:5]} "
+                             f"({len(unknown)} missing of {len(wanted)})")
+        rows = np.asarray([row_of[name] for name in wanted], dtype=np.int64)
+        array = group["embedding"]
+        if not len(rows):
+            return np.empty((0, *array.shape[1:]), dtype=array.dtype)
+        distinct, back = np.unique(rows, return_inverse=True)
+        return array.get_orthogonal_selection((distinct,) + (slice(None),) * (array.ndim - 1))[back]
+
     def target_shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._target_group(key)["embedding"].shape)
 
