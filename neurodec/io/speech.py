@@ -112,7 +112,7 @@ def onset_text(onset: float) -> str:
     ids made from the words and ids looked up for a recording's words always agree.
 
     >>> onset_text(5.0025), float(onset_text(5.0025))
-    ('5.002', 5.002)
+    ('5.003', 5.003)
     """
     return f"{float(onset):.3f}"
 
@@ -174,6 +174,11 @@ class SpeechSegments:
             content_array=[SOUNDS_CONTENT_ARRAY if kept else "" for kept in in_store],
             content_index=[self.sounds[s].content_index for s in self.sound],
         )
+
+    @property
+    def brain_window(self) -> tuple[float, float]:
+        """The brain window around each onset, seconds: ``(tmin + shift, tmax + shift)``."""
+        return (self.options["tmin"] + self.options["shift"], self.options["tmax"] + self.options["shift"])
 
     def lookup(self, sound: Sequence[str], onset: Sequence[float]) -> np.ndarray:
         """The segment id of each (sound, onset in the sound), ``""`` where it was dropped."""
@@ -369,6 +374,34 @@ def word_events(
         value=[word_of[s] for s in ids[kept]],
         origin=where or "speech word onsets",
     )
+
+
+def recording_word_events(
+    segments: SpeechSegments,
+    sound: Sequence[str],
+    onset_in_sound: Sequence[float],
+    onset_in_recording: Sequence[float],
+    sfreq: float,
+    *,
+    where: str = "",
+):
+    """:func:`word_events` of the words one recording heard, less those whose brain window
+    overlaps, in the recording, the brain window of a word of the other split (sounds played
+    back to back; :func:`overlapping_other_split`). Returns the events and how many words
+    that left out.
+    """
+    ids = segments.lookup(sound, onset_in_sound)
+    rows = np.flatnonzero(ids != "")
+    split_of = dict(zip(segments.ids.tolist(), segments.split.tolist()))
+    overlapping = overlapping_other_split(np.asarray(onset_in_recording, dtype=np.float64)[rows],
+                                          [split_of[i] for i in ids[rows]], segments.brain_window)
+    if overlapping.any():
+        logger.info("%s: %d of %d word events dropped: their brain window overlaps a window of the other split in "
+                    "the recording", where, int(overlapping.sum()), len(overlapping))
+    kept = rows[~overlapping]
+    events = word_events(segments, [sound[i] for i in kept], [onset_in_sound[i] for i in kept],
+                         [onset_in_recording[i] for i in kept], sfreq, where=where)
+    return events, int(overlapping.sum())
 
 
 def overlapping_other_split(onset_in_recording: Sequence[float], split: Sequence[str],

@@ -200,7 +200,7 @@ def _session_features(features: list[np.ndarray], session: _Session) -> np.ndarr
 
 def _recording(modality, subject_index, stories, features, segments, sources, p, seed, converter):
     """Simulate one subject's continuous session in one modality."""
-    from neurodec.io.speech import overlapping_other_split, word_events
+    from neurodec.io.speech import recording_word_events
     from neurodec.simulate.electrophysiology import compute_leadfield, continuous_noise
     from neurodec.simulate.sensors import make_eeg_info, make_meg_info, sensor_positions_head
     from neurodec.simulate.speech_responses import make_auditory_brain, sensor_response
@@ -240,17 +240,8 @@ def _recording(modality, subject_index, stories, features, segments, sources, p,
         onset_in_recording += (offset / p.sfreq + story.onsets).tolist()
     # As the speech recipes do: words whose brain window overlaps, in recording time, the window
     # of a word of the other split (the end of one story and the start of the next) are left out.
-    ids = segments.lookup(sound, onset_in_sound)
-    heard = np.flatnonzero(ids != "")
-    split_of = dict(zip(segments.ids.tolist(), segments.split.tolist()))
-    options = segments.options
-    window = (options["tmin"] + options["shift"], options["tmax"] + options["shift"])
-    overlapping = overlapping_other_split(np.asarray(onset_in_recording)[heard], [split_of[i] for i in ids[heard]],
-                                          window)
-    kept = heard[~overlapping]
-    where = f"{CONVERTER} sub-{subject_index:02d} ses-{modality}"
-    events = word_events(segments, [sound[i] for i in kept], [onset_in_sound[i] for i in kept],
-                         [onset_in_recording[i] for i in kept], p.sfreq, where=where)
+    events, overlapping = recording_word_events(segments, sound, onset_in_sound, onset_in_recording, p.sfreq,
+                                                where=f"{CONVERTER} sub-{subject_index:02d} ses-{modality}")
     n_channels = len(info.ch_names)
     story_onsets = {stories[i].id: float(o / p.sfreq) for i, o in zip(session.order, session.offset_samples)}
     return RecordingData(
@@ -276,7 +267,7 @@ def _recording(modality, subject_index, stories, features, segments, sources, p,
             "snr": snr,
             "dipole_moment_nAm": float(moment * 1e9),
             "story_onsets_s": story_onsets,
-            "words_overlapping_other_split": int(overlapping.sum()),
+            "words_overlapping_other_split": overlapping,
             "n_auditory_sources": int(len(brain.sources)),
             "latency_offset_s": brain.latency_offset_s,
             "alpha_frequency_hz": brain.alpha_frequency,

@@ -29,8 +29,7 @@ from neurodec.io.speech import (
     SoundFile,
     SpeechSegments,
     make_segments,
-    overlapping_other_split,
-    word_events,
+    recording_word_events,
 )
 
 logger = logging.getLogger("neurodec")
@@ -234,11 +233,10 @@ def write_speech_store(
     check_choice(on_outside, "on_outside", OUTSIDE_POLICIES)
     ingest_options = load_options({**dict(options or {}), "kind": "audio"})
     segments = speech_segments(recordings, sounds, **dict(segment_options or {}))
-    window = (segments.options["tmin"] + segments.options["shift"], segments.options["tmax"] + segments.options["shift"])
+    window = segments.brain_window
     for recording in recordings:
         if recording.duration is not None and on_outside == "error":
             words_inside(recording.words, recording.duration, window, on_outside, recording.where)
-    split_of = dict(zip(segments.ids.tolist(), segments.split.tolist()))
     mapping = StimulusMapping.from_rule("{trial_type}", kind="audio")
 
     dropped: dict[str, dict[str, int]] = {}
@@ -250,18 +248,11 @@ def write_speech_store(
             duration = raw.n_times / float(raw.info["sfreq"])
             heard = recording.words.select(words_inside(recording.words, duration, window, on_outside,
                                                         recording.where))
-            ids = segments.lookup(heard.sound, heard.onset_in_sound)
-            with_segment = heard.select(ids != "")
-            overlapping = overlapping_other_split(with_segment.onset_in_recording,
-                                                  [split_of[s] for s in ids[ids != ""]], window)
-            if overlapping.any():
-                logger.info("%s: %d of %d word events dropped: their brain window overlaps a window of the other "
-                            "split in the recording", recording.where, int(overlapping.sum()), len(overlapping))
-            kept = with_segment.select(~overlapping)
+            events, overlapping = recording_word_events(
+                segments, heard.sound, heard.onset_in_sound, heard.onset_in_recording, float(raw.info["sfreq"]),
+                where=f"{converter} {recording.where}")
             counts = {"words_outside_recording": len(recording.words) - len(heard),
-                      "words_overlapping_other_split": int(overlapping.sum())}
-            events = word_events(segments, kept.sound, kept.onset_in_sound, kept.onset_in_recording,
-                                 float(raw.info["sfreq"]), where=f"{converter} {recording.where}")
+                      "words_overlapping_other_split": overlapping}
             converted = recording_from_raw(
                 raw, options=ingest_options, events=events, mapping=mapping, subject=recording.subject,
                 session=recording.session, run=recording.run, task=recording.task, source=recording.source,
