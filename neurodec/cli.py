@@ -377,9 +377,9 @@ def _demo_speech(args: argparse.Namespace, out: Path, last: int, stage: Callable
 def _speech_summary(results: dict) -> str:
     """Segment top-1 and top-10 of each speech entry, with its 95 % interval and chance.
 
-    THE place where the demo reads the speech section of ``neurodec evaluate``'s results
-    (docs/speech-evaluation.md): ``results["speech"][entry]["metrics"]`` with ``pooled``,
-    ``interval`` and ``chance["pooled"]``, keyed ``"segment top-1"`` and ``"segment top-10"``.
+    Reads the speech section of ``neurodec evaluate``'s results (docs/speech-evaluation.md):
+    ``results["speech"][entry]["metrics"]`` with ``pooled``, ``interval`` and
+    ``chance["pooled"]``, keyed ``"segment top-1"`` and ``"segment top-10"``.
     """
     from neurodec.report import format_speech_summary
 
